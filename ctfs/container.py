@@ -1,0 +1,362 @@
+"""The container model: its settings, its state machine, and its lifecycle.
+
+Invariants:
+- ``state`` is derived from facts: a transition under way, else a live init
+  process (a pidfd ctfs watches), else stopped.
+- At most one state transition runs per container; a second request meanwhile is
+  refused with EBUSY rather than queued.
+- A transition is never abandoned half-way: it runs shielded from cancellation, so
+  even a daemon shutdown waits for it to finish.
+- Settings are persisted in ``ctid.conf`` only after the kernel accepted them, and
+  the kernel change is undone if persisting fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import trio
+
+from ctfs import config
+from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found, not_permitted
+from ctfs.events import EventLog
+from ctfs.kernel import nsenter, procs, storage
+from ctfs.kernel.security import DROPPED_CAPABILITIES
+
+if TYPE_CHECKING:
+    from ctfs.host import Host
+
+log = logging.getLogger(__name__)
+
+CONF = "ctid.conf"
+
+# After the halt signal, an init left alone for this long has nothing left to
+# shut down gracefully (busybox init would only sleep out its console delays).
+HALT_SETTLE_S = 0.2
+POLL_S = 0.02
+
+
+class State(enum.StrEnum):
+    STOPPED = "stopped"
+    RUNNING = "running"
+    FROZEN = "frozen"
+    STARTING = "starting"
+    STOPPING = "stopping"
+    FREEZING = "freezing"
+    RESTORING = "restoring"
+    MIGRATING = "migrating"
+
+
+@dataclass
+class InitProcess:
+    """The container's init as seen from the host; ``exited`` is set once it is gone."""
+
+    pid: int
+    pidfd: int
+    exited: trio.Event = field(default_factory=trio.Event)
+
+
+class Container:
+    def __init__(self, host: Host, ctid: int) -> None:
+        self.host = host
+        self.ctid = ctid
+        self.dir = host.state_dir / str(ctid)
+        self.root = self.dir / "root"
+        self.events = EventLog(self.dir / "events", ctid)
+        self.settings: dict[str, str] = {}
+        self._transition: State | None = None
+        self._init: InitProcess | None = None
+
+    # ----------------------------------------------------------- settings
+
+    def load(self) -> None:
+        self.settings = config.read(self.dir / CONF)
+
+    def persist(self, **changes: str) -> None:
+        """Write ``changes`` into ctid.conf atomically; the in-memory copy follows."""
+        updated = {**self.settings, **changes}
+        config.write_atomic(
+            self.dir / CONF, config.render(updated, header=f"ctfs container {self.ctid}")
+        )
+        self.settings = updated
+
+    @property
+    def template_name(self) -> str:
+        return self.settings.get("OSTEMPLATE", "")
+
+    @property
+    def hostname(self) -> str:
+        return self.settings.get("HOSTNAME", f"ct{self.ctid}")
+
+    @property
+    def ever_started(self) -> bool:
+        return self.settings.get("STARTED_ONCE") == "yes"
+
+    # -------------------------------------------------------------- state
+
+    @property
+    def state(self) -> State:
+        if self._transition is not None:
+            return self._transition
+        if self._init is not None:
+            return State.RUNNING
+        return State.STOPPED
+
+    @property
+    def init_pid(self) -> int | None:
+        return self._init.pid if self._init is not None else None
+
+    def pids(self) -> list[int]:
+        """Host PIDs of the container's processes, init first, then ascending."""
+        found = sorted(self.host.cgroups.pids(self.ctid))
+        init = self.init_pid
+        if init is not None and init in found:
+            found.remove(init)
+            found.insert(0, init)
+        return found
+
+    async def request_state(self, word: str) -> None:
+        """Carry out a write to ``state``; returns once the new state is reached."""
+        targets = {State.RUNNING.value, State.STOPPED.value, State.FROZEN.value}
+        if word not in targets:
+            raise invalid(f"unknown state {word!r}; write running, stopped or frozen")
+        if self._transition is not None:
+            raise busy(f"{self._transition.value} is under way")
+        current = self.state
+        if word == current.value:
+            return
+        if word == State.RUNNING:
+            await self._transit(State.STARTING, self._start)
+        elif word == State.STOPPED:
+            await self._transit(State.STOPPING, self._stop)
+        else:
+            raise CtfsError(errno.EOPNOTSUPP, "checkpointing is not available yet")
+
+    async def _transit(self, during: State, action: object) -> None:
+        assert callable(action)
+        self._transition = during
+        try:
+            with trio.CancelScope(shield=True):
+                await action()
+        finally:
+            self._transition = None
+
+    # -------------------------------------------------------------- start
+
+    async def _start(self) -> None:
+        template = self.host.templates.get(self.template_name)
+        if template is None:
+            raise not_found(f"template {self.template_name!r} is not installed")
+        began = time.monotonic()
+        cgroups = self.host.cgroups
+        try:
+            await trio.to_thread.run_sync(cgroups.create, self.ctid)
+        except OSError as exc:
+            raise kernel_failed(f"cannot create cgroups: {exc}") from exc
+        if cgroups.pids(self.ctid):
+            raise kernel_failed("the container's cgroup still holds processes from an earlier run")
+        spec = {
+            "root": str(self.root),
+            "hostname": self.hostname,
+            "init": [template.init],
+            "cgroup_procs": cgroups.procs_files(self.ctid),
+            "drop_caps": sorted(DROPPED_CAPABILITIES.values()),
+            "env": {
+                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME": "/root",
+                "TERM": "linux",
+                "container": "ctfs",
+            },
+        }
+        done = await trio.run_process(
+            [sys.executable, "-I", "-m", "ctfs.kernel.launcher"],
+            stdin=json.dumps(spec).encode(),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+        try:
+            reply = json.loads(done.stdout.decode() or "{}")
+        except ValueError:
+            reply = {}
+        if "pid" not in reply:
+            reason = (
+                reply.get("error")
+                or done.stderr.decode(errors="replace").strip()
+                or (f"launcher exited with status {done.returncode}")
+            )
+            await self._clean_up_cgroups()
+            raise kernel_failed(f"start failed: {reason}")
+        pid = int(reply["pid"])
+        self._adopt(pid)
+        if not self.ever_started:
+            self.persist(STARTED_ONCE="yes")
+        ms = (time.monotonic() - began) * 1000
+        self.events.record(f"started: init is PID {pid} on the host ({ms:.0f} ms)")
+
+    def _adopt(self, pid: int) -> None:
+        """Watch ``pid`` as this container's init from now on."""
+        pidfd = os.pidfd_open(pid)
+        self._init = InitProcess(pid, pidfd)
+        self.host.nursery.start_soon(self._watch, self._init)
+
+    async def _watch(self, init: InitProcess) -> None:
+        await trio.lowlevel.wait_readable(init.pidfd)
+        status = _reap(init.pid)
+        init.exited.set()
+        if self._transition is None:
+            # Nobody asked for this: init halted, rebooted or crashed by itself.
+            self._transition = State.STOPPING
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._finish_stop(init)
+            finally:
+                self._transition = None
+            self.events.record(f"stopped: init exited by itself ({status})")
+
+    # --------------------------------------------------------------- stop
+
+    async def _stop(self) -> None:
+        init = self._init
+        assert init is not None
+        began = time.monotonic()
+        template = self.host.templates.get(self.template_name)
+        halt = template.halt_signal if template else signal.SIGPWR
+        timeout = self.host.stop_timeout
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(init.pidfd, halt)
+        how = await self._await_halt(init, timeout)
+        if how == "timeout":
+            self.events.record(
+                f"stop: still running {timeout:g} s after SIG{halt.name[3:]}; killing",
+                logging.WARNING,
+            )
+        if not init.exited.is_set():
+            await trio.to_thread.run_sync(self.host.cgroups.kill_all, self.ctid)
+        await self._finish_stop(init)
+        ms = (time.monotonic() - began) * 1000
+        word = "killed" if how == "timeout" else "stopped"
+        self.events.record(f"{word}: {ms:.0f} ms after SIG{halt.name[3:]}")
+
+    async def _await_halt(self, init: InitProcess, timeout: float) -> str:
+        """Wait for a graceful halt: ``exited``, ``halted`` (init alone) or ``timeout``."""
+        deadline = trio.current_time() + timeout
+        alone_since: float | None = None
+        while trio.current_time() < deadline:
+            with trio.move_on_after(POLL_S):
+                await init.exited.wait()
+                return "exited"
+            if self.host.cgroups.pids(self.ctid) == [init.pid]:
+                alone_since = alone_since or trio.current_time()
+                if trio.current_time() - alone_since >= HALT_SETTLE_S:
+                    return "halted"
+            else:
+                alone_since = None
+        return "timeout"
+
+    async def _finish_stop(self, init: InitProcess) -> None:
+        await init.exited.wait()
+        await self._clean_up_cgroups()
+        os.close(init.pidfd)
+        if self._init is init:
+            self._init = None
+
+    async def _clean_up_cgroups(self) -> None:
+        cgroups = self.host.cgroups
+        deadline = trio.current_time() + 10
+        while cgroups.pids(self.ctid):
+            if trio.current_time() > deadline:
+                await trio.to_thread.run_sync(cgroups.kill_all, self.ctid)
+                deadline = trio.current_time() + 10
+            await trio.sleep(0.005)
+        try:
+            await trio.to_thread.run_sync(cgroups.remove, self.ctid)
+        except OSError as exc:
+            self.events.record(f"cannot remove cgroups: {exc}", logging.ERROR)
+
+    # ---------------------------------------------------------- discovery
+
+    def rediscover(self) -> None:
+        """Find a container that kept running while ctfsd was away."""
+        pids = self.host.cgroups.pids(self.ctid)
+        init = procs.find_init(pids)
+        if init is not None:
+            self._adopt(init)
+            log.info("CT %d: found running, init PID %d", self.ctid, init)
+
+    # ---------------------------------------------------------- settings
+
+    async def set_hostname(self, name: str) -> None:
+        old = self.hostname
+        if name == old:
+            return
+        init = self.init_pid
+        if init is not None:
+            try:
+                await trio.to_thread.run_sync(nsenter.set_hostname, init, name)
+            except OSError as exc:
+                raise kernel_failed(f"cannot set the host name: {exc}") from exc
+        try:
+            self.persist(HOSTNAME=name)
+        except OSError as exc:
+            if init is not None:
+                await trio.to_thread.run_sync(nsenter.set_hostname, init, old)
+            raise kernel_failed(f"cannot save ctid.conf: {exc}") from exc
+        self.events.record(f"hostname: {old} -> {name}")
+
+    async def set_template(self, name: str) -> None:
+        if name == self.template_name:
+            return
+        if self.ever_started:
+            raise not_permitted("the template can be changed only before the first start")
+        if self.state is not State.STOPPED:
+            raise busy(f"the container is {self.state.value}")
+        template = self.host.templates.get(name)
+        if template is None:
+            raise not_found(f"template {name!r} is not installed")
+        self._transition = State.STOPPED  # holds off a start while the area is swapped
+        try:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._swap_private_area, template.root, name)
+        finally:
+            self._transition = None
+        self.events.record(f"template: {name} (private area recreated)")
+
+    def _swap_private_area(self, template_root: Path, name: str) -> None:
+        fresh, old = self.dir / ".root.new", self.dir / ".root.old"
+        storage.delete_subvolume(fresh)
+        storage.snapshot(template_root, fresh)
+        self.root.rename(old)
+        fresh.rename(self.root)
+        try:
+            self.persist(OSTEMPLATE=name)
+        except OSError:
+            self.root.rename(fresh)
+            old.rename(self.root)
+            storage.delete_subvolume(fresh)
+            raise
+        storage.delete_subvolume(old)
+
+
+def _reap(pid: int) -> str:
+    """Collect ``pid`` if it is our child (ctfsd is a subreaper); describe how it ended."""
+    try:
+        _, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return "status unknown: it was adopted by an earlier ctfsd"
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    if os.WIFEXITED(status):
+        return f"exit status {os.WEXITSTATUS(status)}"
+    return "status unknown"

@@ -1,0 +1,234 @@
+"""ctfsd: mount the ctfs filesystem and serve it.
+
+Exit statuses (documented in ctfsd(8)): 0 clean shutdown, 1 unexpected error,
+2 bad usage, 3 not root, 4 FUSE unavailable, 5 mount point unusable or busy,
+6 storage or cgroups unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from ctfs import __version__
+from ctfs.fs import CtfsOperations
+from ctfs.host import Host, HostOptions
+from ctfs.kernel import libc, storage
+from ctfs.kernel.cgroups import CgroupsV1
+from ctfs.kernel.templates import TemplateStore
+
+log = logging.getLogger("ctfsd")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_ROOT, EXIT_NO_FUSE, EXIT_MOUNTPOINT, EXIT_STORAGE = range(
+    7
+)
+
+
+class StartupError(Exception):
+    def __init__(self, status: int, sentence: str) -> None:
+        super().__init__(sentence)
+        self.status = status
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="ctfsd", description="Serve OpenVZ-style containers as a filesystem."
+    )
+    parser.add_argument(
+        "mountpoint", nargs="?", default="/ctfs", type=Path, help="where to mount (default /ctfs)"
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=Path("/var/lib/ctfs"),
+        type=Path,
+        help="containers, templates and settings (default /var/lib/ctfs)",
+    )
+    parser.add_argument(
+        "--template-cache",
+        default=Path("/var/cache/ctfs/templates"),
+        type=Path,
+        help="template tarballs to import (default /var/cache/ctfs/templates)",
+    )
+    parser.add_argument(
+        "--default-template", default="busybox", help="template of new containers (default busybox)"
+    )
+    parser.add_argument(
+        "--cgroup-parent", default="ctfs", help="parent cgroup of all containers (default ctfs)"
+    )
+    parser.add_argument(
+        "--pool-size",
+        default="64G",
+        help="size of the sparse btrfs image made when the state directory "
+        "is not on btrfs (default 64G)",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        default=30.0,
+        type=float,
+        help="seconds a graceful stop may take before the container is killed (default 30)",
+    )
+    parser.add_argument(
+        "--foreground", "-f", action="store_true", help="stay in the foreground and log to stderr"
+    )
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        default=Path("/var/log/ctfsd.log"),
+        help="log file when in the background (default /var/log/ctfsd.log)",
+    )
+    parser.add_argument("--debug", action="store_true", help="log every request")
+    parser.add_argument("--version", action="version", version=f"ctfsd {__version__}")
+    return parser.parse_args(argv)
+
+
+def _is_stale_fuse_mount(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def check_mountpoint(path: Path) -> None:
+    """Make ``path`` usable: create it, or lazily unmount a dead ctfsd's mount."""
+    if _is_stale_fuse_mount(path):
+        # A ctfsd that was killed leaves "transport endpoint is not connected".
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+        log.info("unmounted the stale mount at %s left by a previous ctfsd", path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(
+            EXIT_MOUNTPOINT, f"cannot create mount point {path}: {exc.strerror}"
+        ) from exc
+    if not path.is_dir():
+        raise StartupError(EXIT_MOUNTPOINT, f"mount point {path} is not a directory")
+    if os.path.ismount(path):
+        raise StartupError(EXIT_MOUNTPOINT, f"{path} is busy: something is already mounted there")
+
+
+def prepare(args: argparse.Namespace) -> CgroupsV1:
+    if os.geteuid() != 0:
+        raise StartupError(
+            EXIT_NOT_ROOT, "ctfsd must run as root: it creates namespaces, cgroups and mounts"
+        )
+    if not os.path.exists("/dev/fuse"):
+        raise StartupError(
+            EXIT_NO_FUSE,
+            "/dev/fuse does not exist: load the fuse module "
+            "(modprobe fuse) or give the machine FUSE",
+        )
+    check_mountpoint(args.mountpoint)
+    try:
+        how = storage.ensure_pool(args.state_dir, args.pool_size)
+        log.info("storage: %s", how)
+        imported = TemplateStore(args.state_dir).import_cache(args.template_cache)
+        for name in imported:
+            log.info("template %s imported from %s", name, args.template_cache)
+    except (OSError, storage.StorageError) as exc:
+        raise StartupError(EXIT_STORAGE, f"storage unusable: {exc}") from exc
+    try:
+        return CgroupsV1(args.cgroup_parent)
+    except (OSError, RuntimeError) as exc:
+        raise StartupError(EXIT_STORAGE, f"cgroups unusable: {exc}") from exc
+
+
+async def serve(args: argparse.Namespace, cgroups: CgroupsV1, ready: int | None) -> None:
+    options = HostOptions(
+        state_dir=args.state_dir,
+        default_template=args.default_template,
+        stop_timeout=args.stop_timeout,
+    )
+    host = Host(options, cgroups)
+    operations = CtfsOperations(host)
+    fuse_options = set(pyfuse3.default_options)
+    fuse_options |= {"fsname=ctfs", "subtype=ctfs", "allow_other", "default_permissions"}
+    if args.debug:
+        fuse_options.add("debug")
+    try:
+        pyfuse3.init(operations, str(args.mountpoint), fuse_options)
+    except RuntimeError as exc:
+        raise StartupError(EXIT_NO_FUSE, f"cannot mount {args.mountpoint}: {exc}") from exc
+    try:
+        async with trio.open_nursery() as nursery:
+            host.start(nursery)
+            log.info(
+                "ctfsd %s serving %s (state in %s, %d containers)",
+                __version__,
+                args.mountpoint,
+                args.state_dir,
+                len(host.containers),
+            )
+            if ready is not None:
+                os.write(ready, b"ready\n")
+                os.close(ready)
+            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            await pyfuse3.main(min_tasks=4, max_tasks=256)
+    finally:
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s; containers keep running", args.mountpoint)
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s, unmounting", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+def _daemonize(log_file: Path) -> int:
+    """Fork into the background; the parent exits once the child says it is ready."""
+    read_end, write_end = os.pipe()
+    if os.fork() != 0:
+        os.close(write_end)
+        answer = os.read(read_end, 64)
+        if answer.startswith(b"ready"):
+            os._exit(EXIT_OK)
+        status = int(answer.decode() or EXIT_ERROR) if answer.strip().isdigit() else EXIT_ERROR
+        os._exit(status)
+    os.close(read_end)
+    os.setsid()
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    return write_end
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s ctfsd[%(process)d] %(levelname)s %(message)s",
+    )
+    ready: int | None = None
+    try:
+        cgroups = prepare(args)
+        if not args.foreground:
+            ready = _daemonize(args.log_file)
+        # Orphaned container inits become our children, so we can reap them.
+        libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+        trio.run(serve, args, cgroups, ready)
+    except StartupError as exc:
+        print(f"ctfsd: {exc}", file=sys.stderr)
+        if ready is not None:
+            os.write(ready, str(exc.status).encode())
+        return exc.status
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

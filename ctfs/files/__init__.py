@@ -1,0 +1,11 @@
+"""Control-file declarations: every file ctfs shows is declared exactly once here."""
+
+from __future__ import annotations
+
+from ctfs.files import lifecycle, root
+from ctfs.files.base import ContainerFile, RootFile
+
+ROOT_FILES: tuple[RootFile, ...] = root.FILES
+CONTAINER_FILES: tuple[ContainerFile, ...] = lifecycle.FILES
+
+__all__ = ["CONTAINER_FILES", "ROOT_FILES", "ContainerFile", "RootFile"]

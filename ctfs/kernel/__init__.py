@@ -1,0 +1,1 @@
+"""Typed backends over the kernel: cgroups, namespaces, storage, processes."""

@@ -1,0 +1,152 @@
+"""Container cgroups: one Protocol, and the cgroup v1 implementation.
+
+Every container gets a cgroup named after its CTID under one parent (``ctfs`` by
+default) in every controller.  Families and the container model talk to the
+``Cgroups`` Protocol only; nothing outside this module knows the hierarchy layout
+or the cgroup version.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from ctfs.kernel.security import ALLOWED_DEVICES
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+# The v1 controllers a container is placed in.  The named "systemd" hierarchy
+# and cgroup2 are left alone: they belong to the host's init.
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
+
+
+class Cgroups(Protocol):
+    """What ctfs needs from a cgroup hierarchy, whatever its version."""
+
+    def create(self, ctid: int) -> None:
+        """Create the container's cgroups (idempotent) with the devices baseline."""
+
+    def remove(self, ctid: int) -> None:
+        """Remove the container's cgroups; they must be empty."""
+
+    def exists(self, ctid: int) -> bool: ...
+
+    def pids(self, ctid: int) -> list[int]:
+        """Host PIDs of every process in the container, unsorted."""
+
+    def procs_files(self, ctid: int) -> list[str]:
+        """The files a new process writes its PID to, to join every controller."""
+
+    def kill_all(self, ctid: int) -> None:
+        """SIGKILL every process of the container, with no chance to fork away."""
+
+    def populated(self) -> list[int]:
+        """CTIDs whose cgroups exist under the parent (running or left over)."""
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+class CgroupsV1:
+    """cgroup v1: one directory per controller, ``<mount>/<parent>/<ctid>``."""
+
+    def __init__(self, parent: str = "ctfs", root: Path = CGROUP_ROOT) -> None:
+        self.parent = parent
+        self.controllers = [c for c in V1_CONTROLLERS if (root / c / "cgroup.procs").exists()]
+        missing = set(V1_CONTROLLERS) - set(self.controllers)
+        if missing:
+            raise RuntimeError(
+                f"cgroup v1 controllers not mounted under {root}: {', '.join(sorted(missing))}"
+            )
+        self.root = root
+        for controller in self.controllers:
+            self._ensure_dir(root / controller / parent, root / controller)
+
+    def _dirs(self, ctid: int) -> list[Path]:
+        return [self.root / c / self.parent / str(ctid) for c in self.controllers]
+
+    def _dir(self, controller: str, ctid: int) -> Path:
+        return self.root / controller / self.parent / str(ctid)
+
+    @staticmethod
+    def _ensure_dir(path: Path, parent: Path) -> None:
+        if path.is_dir():
+            return
+        path.mkdir()
+        if (path / "cpuset.cpus").exists():
+            # cpuset children start empty; a task cannot join until both are set.
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                _write(path / name, (parent / name).read_text().strip() or "\n")
+
+    def create(self, ctid: int) -> None:
+        for controller in self.controllers:
+            self._ensure_dir(self._dir(controller, ctid), self.root / controller / self.parent)
+        devices = self._dir("devices", ctid)
+        _write(devices / "devices.deny", "a")
+        for rule in ALLOWED_DEVICES:
+            _write(devices / "devices.allow", rule)
+
+    def exists(self, ctid: int) -> bool:
+        return any(d.is_dir() for d in self._dirs(ctid))
+
+    def remove(self, ctid: int) -> None:
+        for path in self._dirs(ctid):
+            # A task that has just exited can keep a v1 cgroup busy for a moment.
+            for attempt in range(50):
+                try:
+                    path.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or attempt == 49:
+                        raise
+                    time.sleep(0.01)
+
+    def pids(self, ctid: int) -> list[int]:
+        try:
+            text = (self._dir("pids", ctid) / "cgroup.procs").read_text()
+        except FileNotFoundError:
+            return []
+        return [int(line) for line in text.split()]
+
+    def procs_files(self, ctid: int) -> list[str]:
+        return [str(d / "cgroup.procs") for d in self._dirs(ctid)]
+
+    def kill_all(self, ctid: int) -> None:
+        # Freeze first so nothing can fork between listing and killing.
+        freezer = self._dir("freezer", ctid)
+        _write(freezer / "freezer.state", "FROZEN")
+        try:
+            deadline = time.monotonic() + 5
+            while (freezer / "freezer.state").read_text().strip() != "FROZEN":
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.002)
+            _signal_all(self.pids(ctid), signal.SIGKILL)
+        finally:
+            _write(freezer / "freezer.state", "THAWED")
+
+    def populated(self) -> list[int]:
+        found: list[int] = []
+        parent = self.root / "pids" / self.parent
+        for entry in parent.iterdir():
+            if entry.is_dir() and entry.name.isdigit():
+                found.append(int(entry.name))
+        return sorted(found)
+
+
+def _signal_all(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError as exc:
+            if exc.errno != errno.ESRCH:
+                raise

@@ -1,0 +1,127 @@
+"""OS templates: imported from the template cache into btrfs subvolumes.
+
+The cache (``/var/cache/ctfs/templates`` by default, filled by ``tools/setup``)
+holds ``NAME.tar.gz`` and ``NAME.conf`` per template, as OpenVZ's template cache
+does.  ctfsd imports each one into ``STATE/templates/NAME`` (a subvolume every
+private area is snapshotted from) and re-imports it when the tarball changes.
+Existing containers keep the snapshot they were made from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctfs import config
+from ctfs.kernel import storage
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    root: Path
+    init: str
+    halt_signal: signal.Signals
+    description: str
+
+
+def _signal(name: str) -> signal.Signals:
+    name = name.upper().removeprefix("SIG")
+    try:
+        return signal.Signals[f"SIG{name}"]
+    except KeyError:
+        return signal.SIGPWR
+
+
+class TemplateStore:
+    """The installed templates under ``STATE/templates``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir / "templates"
+        self.dir.mkdir(exist_ok=True)
+
+    def names(self) -> list[str]:
+        return sorted(
+            p.name
+            for p in self.dir.iterdir()
+            if p.is_dir() and TEMPLATE_NAME.match(p.name) and (self.dir / f"{p.name}.conf").exists()
+        )
+
+    def get(self, name: str) -> Template | None:
+        if not TEMPLATE_NAME.match(name) or not (self.dir / name).is_dir():
+            return None
+        try:
+            meta = config.read(self.dir / f"{name}.conf")
+        except FileNotFoundError:
+            return None
+        return Template(
+            name=name,
+            root=self.dir / name,
+            init=meta.get("INIT", "/sbin/init"),
+            halt_signal=_signal(meta.get("HALT_SIGNAL", "PWR")),
+            description=meta.get("DESCRIPTION", ""),
+        )
+
+    def import_cache(self, cache: Path) -> list[str]:
+        """Import every new or changed tarball from ``cache``; return what was imported."""
+        imported: list[str] = []
+        if not cache.is_dir():
+            log.warning("template cache %s does not exist; no templates imported", cache)
+            return imported
+        for tarball in sorted(cache.glob("*.tar.gz")):
+            name = tarball.name.removesuffix(".tar.gz")
+            meta = cache / f"{name}.conf"
+            if not TEMPLATE_NAME.match(name) or not meta.exists():
+                log.warning("template cache: skipping %s (bad name or no %s)", tarball, meta.name)
+                continue
+            digest = _digest(tarball, meta)
+            stamp = self.dir / f".{name}.digest"
+            if (self.dir / name).is_dir() and stamp.exists() and stamp.read_text() == digest:
+                continue
+            self._import(name, tarball, meta, digest)
+            imported.append(name)
+        return imported
+
+    def _import(self, name: str, tarball: Path, meta: Path, digest: str) -> None:
+        staging = self.dir / f".{name}.new"
+        storage.delete_subvolume(staging)
+        storage.create_subvolume(staging)
+        try:
+            done = subprocess.run(
+                ["tar", "-xzpf", str(tarball), "--numeric-owner", "-C", str(staging)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise storage.StorageError(f"unpacking {tarball}: {done.stderr.strip()}")
+        except BaseException:
+            storage.delete_subvolume(staging)
+            raise
+        old = self.dir / f".{name}.old"
+        storage.delete_subvolume(old)
+        if (self.dir / name).exists():
+            (self.dir / name).rename(old)
+        staging.rename(self.dir / name)
+        storage.delete_subvolume(old)
+        config.write_atomic(self.dir / f"{name}.conf", meta.read_bytes())
+        config.write_atomic(self.dir / f".{name}.digest", digest)
+        log.info("imported template %s from %s", name, tarball)
+
+
+def _digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    return h.hexdigest()
