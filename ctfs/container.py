@@ -301,6 +301,9 @@ class Container:
         old = self.hostname
         if name == old:
             return
+        if self._transition is not None:
+            # A start in flight has already handed the old name to the launcher.
+            raise busy(f"{self._transition.value} is under way")
         init = self.init_pid
         if init is not None:
             try:

@@ -91,8 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _is_stale_fuse_mount(path: Path) -> bool:
+    # statfs always reaches the FUSE daemon (stat may be answered from the cache).
     try:
-        os.stat(path)
+        os.statvfs(path)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pyfuse3
 
 from ctfs.container import Container
-from ctfs.errors import CtfsError, invalid, not_permitted
+from ctfs.errors import CtfsError, busy, invalid, not_permitted
 from ctfs.files import CONTAINER_FILES, ROOT_FILES, ContainerFile, RootFile
 from ctfs.host import Host
 from ctfs.values import command_text, parse_ctid, shown
@@ -69,6 +69,8 @@ class OpenFile:
     container: Container | None
     decl: ContainerFile | RootFile
     data: bytes
+    # Holds the one-writer claim on an exclusive file (see ``CtfsOperations.open``).
+    claim: tuple[int, str] | None = None
 
 
 class CtfsOperations(pyfuse3.Operations):
@@ -89,6 +91,7 @@ class CtfsOperations(pyfuse3.Operations):
         self._key_of: dict[int, tuple[int] | tuple[int, str]] = {}
         self._next_inode = itertools.count(FIRST_DYNAMIC_INODE)
         self._handles: dict[int, OpenFile] = {}
+        self._writers: dict[tuple[int, str], int] = {}
         self._next_fh = itertools.count(1)
         self._now_ns = time.time_ns()
 
@@ -288,7 +291,11 @@ class CtfsOperations(pyfuse3.Operations):
         if flags & os.O_ACCMODE != os.O_WRONLY:
             data = (await self._render(container, decl)).encode()
         fh = next(self._next_fh)
-        self._handles[fh] = OpenFile(container, decl, data)
+        handle = OpenFile(container, decl, data)
+        if wants_write and isinstance(decl, ContainerFile) and decl.exclusive:
+            assert container is not None
+            self._claim(fh, handle, container, decl)
+        self._handles[fh] = handle
         info = pyfuse3.FileInfo(fh=fh)
         # procfs semantics: size 0, every read comes from the handle, never the page cache.
         info.direct_io = True
@@ -313,6 +320,8 @@ class CtfsOperations(pyfuse3.Operations):
         try:
             if off != 0:
                 raise invalid(f"write at offset {off}; write the whole value at once")
+            if decl.exclusive and handle.claim is None:
+                self._claim(fh, handle, container, decl)  # written again after a flush
             await decl.apply(container, command_text(buf))
         except CtfsError as exc:
             verb = "failed" if exc.errno_value == errno.EIO else "rejected"
@@ -323,8 +332,38 @@ class CtfsOperations(pyfuse3.Operations):
             raise
         return len(buf)
 
+    def _claim(self, fh: int, handle: OpenFile, container: Container, decl: ContainerFile) -> None:
+        """Let one open file at a time write ``decl``, or raise EBUSY.
+
+        The kernel serialises writes to one inode, so two writers of ``state`` never
+        reach ctfs at the same time: the second would wait out the first change and
+        then act on a state it did not see.  Concurrent writers are told apart at
+        open() instead, which the kernel does not serialise.
+        """
+        key = (container.ctid, decl.name)
+        holder = self._writers.get(key)
+        if holder is not None and holder != fh:
+            container.events.record(
+                f"{decl.name}: refused a second writer while one is under way", logging.WARNING
+            )
+            error = busy(f"{decl.name} is being written by another process")
+            error.recorded = True
+            raise error
+        self._writers[key] = fh
+        handle.claim = key
+
+    def _unclaim(self, fh: int) -> None:
+        handle = self._handles.get(fh)
+        if handle is not None and handle.claim is not None:
+            if self._writers.get(handle.claim) == fh:
+                del self._writers[handle.claim]
+            handle.claim = None
+
     async def flush(self, fh: int) -> None:
-        return None
+        # close() waits for flush but not for release: drop the claim here, so a
+        # script's next "echo ... > state" is never refused by the previous one.
+        self._unclaim(fh)
 
     async def release(self, fh: int) -> None:
+        self._unclaim(fh)
         self._handles.pop(fh, None)

@@ -22,11 +22,13 @@ class ContainerFile:
     ``render`` returns the whole text (newline-terminated); ``apply`` gets one
     complete command (already decoded and stripped) and either applies all of it
     or raises ``CtfsError`` having changed nothing.  No ``apply``: read-only.
+    ``exclusive``: at most one open file may write it at a time (see ``ctfs.fs``).
     """
 
     name: str
     render: Callable[[Container], Awaitable[str]]
     apply: Callable[[Container, str], Awaitable[None]] | None = None
+    exclusive: bool = False
 
     @property
     def writable(self) -> bool:

@@ -46,7 +46,7 @@ async def _events(ct: Container) -> str:
 
 
 FILES = (
-    ContainerFile("state", _state, _set_state),
+    ContainerFile("state", _state, _set_state, exclusive=True),
     ContainerFile("template", _template, _set_template),
     ContainerFile("hostname", _hostname, _set_hostname),
     ContainerFile("procs", _procs),

@@ -1,0 +1,65 @@
+"""Fixtures: one real ctfsd for the session, fresh containers per test."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.ctfsd_harness import Ctfsd, write_errno
+
+_ctids = itertools.count(101)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.geteuid() != 0:
+        raise pytest.UsageError("the ctfs tests need root: run sudo tools/test")
+
+
+@pytest.fixture(scope="session")
+def ctfsd() -> Iterator[Ctfsd]:
+    daemon = Ctfsd()
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.cleanup()
+
+
+@pytest.fixture
+def mount(ctfsd: Ctfsd) -> Path:
+    if ctfsd.proc is None or ctfsd.proc.poll() is not None:
+        ctfsd.start()  # an earlier test stopped it
+    return ctfsd.mount
+
+
+@pytest.fixture
+def new_ctid() -> int:
+    return next(_ctids)
+
+
+@pytest.fixture
+def container(ctfsd: Ctfsd, mount: Path, new_ctid: int) -> Iterator[Path]:
+    """A freshly created, stopped container; stopped and destroyed afterwards."""
+    path = mount / str(new_ctid)
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        if ctfsd.proc is None or ctfsd.proc.poll() is not None:
+            ctfsd.start()
+        if write_errno(path / "state", b"stopped") not in (0, 2):
+            ctfsd.kill_container(new_ctid)
+        with contextlib.suppress(FileNotFoundError):
+            path.rmdir()
+
+
+@pytest.fixture
+def running(container: Path) -> Path:
+    """A running container."""
+    assert write_errno(container / "state", b"running") == 0
+    return container

@@ -1,0 +1,187 @@
+"""A real ctfsd for the tests: its own state directory, mount point and cgroup parent.
+
+Everything it makes (the FUSE mount, the loop-mounted btrfs pool, the cgroups under
+``ctfs-test-<pid>``, containers and their processes) is removed by ``cleanup``,
+which ends processes only by PID or through the test's own cgroups.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
+CTFSD = Path(sys.executable).with_name("ctfsd")
+CTFS = Path(sys.executable).with_name("ctfs")
+
+
+def write_errno(path: Path, data: bytes, offset: int = 0) -> int:
+    """Write ``data`` as ``echo`` would; return 0 or the errno the write got."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    except OSError as exc:
+        return exc.errno or -1
+    try:
+        if offset:
+            os.pwrite(fd, data, offset)
+        else:
+            os.write(fd, data)
+    except OSError as exc:
+        return exc.errno or -1
+    finally:
+        os.close(fd)
+    return 0
+
+
+def ctfs_exec(container: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    """Run ``command`` in ``container`` with the ctfs command; never raises on failure."""
+    return subprocess.run(
+        [str(CTFS), "--mount", str(container.parent), "exec", container.name, "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+class Ctfsd:
+    def __init__(self, stop_timeout: float = 3.0) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="ctfs-test-"))
+        self.mount = self.base / "mnt"
+        self.state = self.base / "state"
+        self.log = self.base / "ctfsd.log"
+        self.cgroup_parent = f"ctfs-test-{os.getpid()}"
+        self.stop_timeout = stop_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def argv(self, *extra: str) -> list[str]:
+        return [
+            str(CTFSD),
+            "--foreground",
+            "--state-dir",
+            str(self.state),
+            "--pool-size",
+            "4G",
+            "--cgroup-parent",
+            self.cgroup_parent,
+            "--stop-timeout",
+            str(self.stop_timeout),
+            *extra,
+            str(self.mount),
+        ]
+
+    def _serving_lines(self) -> int:
+        return self.log_text().count(" serving ")
+
+    def start(self) -> None:
+        # A killed ctfsd leaves a dead mount whose cached entries still stat fine,
+        # so readiness is the new daemon's "serving" log line.
+        served_before = self._serving_lines()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv(), stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            )
+        proc = self.proc
+        if not wait_for(
+            lambda: self._serving_lines() > served_before or proc.poll() is not None, timeout=60
+        ):
+            raise RuntimeError(f"ctfsd did not come up; log:\n{self.log_text()}")
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"ctfsd exited with {self.proc.returncode}:\n{self.log_text()}")
+
+    def terminate(self) -> int | None:
+        """SIGTERM ctfsd and wait; return its exit status."""
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            status = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            status = self.proc.wait()
+        self.proc = None
+        return status
+
+    def kill(self) -> None:
+        """SIGKILL ctfsd, as a crash would."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def cgroup_dir(self, controller: str, ctid: int | None = None) -> Path:
+        path = CGROUP_ROOT / controller / self.cgroup_parent
+        return path / str(ctid) if ctid is not None else path
+
+    def container_pids(self, ctid: int) -> list[int]:
+        try:
+            return [
+                int(p) for p in (self.cgroup_dir("pids", ctid) / "cgroup.procs").read_text().split()
+            ]
+        except FileNotFoundError:
+            return []
+
+    def kill_container(self, ctid: int) -> None:
+        """End a container's processes through its freezer cgroup, by PID."""
+        freezer = self.cgroup_dir("freezer", ctid)
+        if not freezer.exists():
+            return
+        (freezer / "freezer.state").write_text("FROZEN")
+        for pid in self.container_pids(ctid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        (freezer / "freezer.state").write_text("THAWED")
+        wait_for(lambda: not self.container_pids(ctid), timeout=10)
+
+    def remove_cgroups(self) -> None:
+        for controller in CONTROLLERS:
+            parent = self.cgroup_dir(controller)
+            if not parent.exists():
+                continue
+            for child in parent.iterdir():
+                if child.is_dir():
+                    with contextlib.suppress(OSError):
+                        child.rmdir()
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+    def cleanup(self) -> None:
+        if self.proc is not None:
+            for directory in self.mount.iterdir() if self.mount.exists() else []:
+                if directory.name.isdigit():
+                    write_errno(directory / "state", b"stopped")
+            self.terminate()
+        for controller_dir in [self.cgroup_dir("pids")]:
+            if controller_dir.exists():
+                for child in controller_dir.iterdir():
+                    if child.is_dir():
+                        self.kill_container(int(child.name))
+        self.remove_cgroups()
+        for mount in (self.mount, self.state):
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
+        try:
+            shutil.rmtree(self.base)
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise

@@ -1,0 +1,99 @@
+"""The top of the mount: version, templates, creating and destroying containers."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from ctfs import __version__
+from tests.ctfsd_harness import Ctfsd
+
+
+def test_version_reads_ctfs_and_the_version(mount: Path) -> None:
+    assert (mount / "version").read_text() == f"ctfs {__version__}\n"
+
+
+def test_templates_lists_busybox_without_any_download(mount: Path) -> None:
+    assert "busybox" in (mount / "templates").read_text().splitlines()
+
+
+def test_control_files_have_size_zero_like_procfs(mount: Path) -> None:
+    assert (mount / "version").stat().st_size == 0
+
+
+def test_root_files_are_read_only(mount: Path) -> None:
+    assert stat.S_IMODE((mount / "version").stat().st_mode) == 0o444
+    with pytest.raises(PermissionError):
+        (mount / "version").write_text("x")
+
+
+def test_mkdir_creates_a_stopped_container_from_the_default_template(
+    ctfsd: Ctfsd, container: Path
+) -> None:
+    assert (container / "state").read_text() == "stopped\n"
+    assert (container / "template").read_text() == "busybox\n"
+    assert (ctfsd.state / container.name / "root" / "bin" / "busybox").exists()
+
+
+def test_new_container_is_listed_at_the_top(mount: Path, container: Path) -> None:
+    assert container.name in os.listdir(mount)
+
+
+def test_container_directory_lists_its_control_files(container: Path) -> None:
+    assert {"state", "template", "hostname", "procs", "events"} <= set(os.listdir(container))
+
+
+def test_private_area_is_a_btrfs_subvolume(ctfsd: Ctfsd, container: Path) -> None:
+    # A btrfs subvolume's root directory always has inode 256.
+    assert (ctfsd.state / container.name / "root").stat().st_ino == 256
+
+
+def test_settings_are_kept_in_openvz_ctid_conf(ctfsd: Ctfsd, container: Path) -> None:
+    conf = (ctfsd.state / container.name / "ctid.conf").read_text()
+    assert 'OSTEMPLATE="busybox"' in conf
+    assert f'HOSTNAME="ct{container.name}"' in conf
+
+
+@pytest.mark.parametrize("name", ["abc", "0101", "0", "2147483645", "1.5"])
+def test_mkdir_of_a_name_that_is_not_a_ctid_is_einval(mount: Path, name: str) -> None:
+    with pytest.raises(OSError) as info:
+        (mount / name).mkdir()
+    assert info.value.errno == errno.EINVAL
+
+
+def test_mkdir_of_an_existing_container_is_eexist(container: Path) -> None:
+    with pytest.raises(FileExistsError):
+        container.mkdir()
+
+
+def test_creating_a_file_at_the_top_is_refused(mount: Path) -> None:
+    with pytest.raises(PermissionError):
+        (mount / "notes").write_text("x")
+
+
+def test_rmdir_of_an_unknown_container_is_enoent(mount: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        (mount / "999999").rmdir()
+
+
+def test_rmdir_destroys_a_stopped_container_and_its_private_area(
+    ctfsd: Ctfsd, mount: Path, new_ctid: int
+) -> None:
+    path = mount / str(new_ctid)
+    path.mkdir()
+    path.rmdir()
+    assert not path.exists()
+    assert not (ctfsd.state / str(new_ctid)).exists()
+
+
+def test_a_read_sees_one_snapshot_for_the_whole_open(running: Path) -> None:
+    with open(running / "events", "rb", buffering=0) as events:
+        first = events.read(10)
+        (running / "hostname").write_text("snapshot-check\n")
+        rest = events.read()
+    assert b"snapshot-check" not in first + rest
+    assert b"snapshot-check" in (running / "events").read_bytes()
