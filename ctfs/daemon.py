@@ -39,23 +39,32 @@ class StartupError(Exception):
         self.status = status
 
 
+def _absolute(text: str) -> Path:
+    # ctfsd changes to / before serving, so relative paths are resolved first.
+    return Path(text).absolute()
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="ctfsd", description="Serve OpenVZ-style containers as a filesystem."
     )
     parser.add_argument(
-        "mountpoint", nargs="?", default="/ctfs", type=Path, help="where to mount (default /ctfs)"
+        "mountpoint",
+        nargs="?",
+        default="/ctfs",
+        type=_absolute,
+        help="where to mount (default /ctfs)",
     )
     parser.add_argument(
         "--state-dir",
         default=Path("/var/lib/ctfs"),
-        type=Path,
+        type=_absolute,
         help="containers, templates and settings (default /var/lib/ctfs)",
     )
     parser.add_argument(
         "--template-cache",
         default=Path("/var/cache/ctfs/templates"),
-        type=Path,
+        type=_absolute,
         help="template tarballs to import (default /var/cache/ctfs/templates)",
     )
     parser.add_argument(
@@ -81,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--log-file",
-        type=Path,
+        type=_absolute,
         default=Path("/var/log/ctfsd.log"),
         help="log file when in the background (default /var/log/ctfsd.log)",
     )
@@ -218,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         cgroups = prepare(args)
         if not args.foreground:
             ready = _daemonize(args.log_file)
+        # Hold no directory busy (and let mount(8) see "ctfs" as a name, not a path).
+        os.chdir("/")
         # Orphaned container inits become our children, so we can reap them.
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
         trio.run(serve, args, cgroups, ready)

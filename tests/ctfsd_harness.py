@@ -168,9 +168,12 @@ class Ctfsd:
 
     def cleanup(self) -> None:
         if self.proc is not None:
-            for directory in self.mount.iterdir() if self.mount.exists() else []:
-                if directory.name.isdigit():
-                    write_errno(directory / "state", b"stopped")
+            try:
+                for directory in self.mount.iterdir():
+                    if directory.name.isdigit():
+                        write_errno(directory / "state", b"stopped")
+            except OSError:
+                pass  # a dead mount: the cgroups below still end every process
             self.terminate()
         for controller_dir in [self.cgroup_dir("pids")]:
             if controller_dir.exists():

@@ -87,3 +87,17 @@ def test_an_interrupted_creation_is_cleaned_up_at_startup(ctfsd: Ctfsd, mount: P
     ctfsd.start()
     assert not leftover.exists()
     assert not (mount / "4242").exists()
+
+
+def test_no_dev_fuse_ends_startup_with_status_4(ctfsd: Ctfsd, tmp_path: Path) -> None:
+    # A private mount namespace whose /dev lacks fuse: the host's /dev is untouched.
+    script = f'mount -t tmpfs none /dev && exec "{CTFSD}" --foreground "{tmp_path}/mnt"'
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 4
+    assert "/dev/fuse" in result.stderr
