@@ -87,7 +87,8 @@ def _init_pid(directory: Path) -> int:
 
 def run_inside(mount: Path, name: str, argv: list[str]) -> int:
     """Run ``argv`` inside container ``name``; return its exit status."""
-    from ctfs.kernel import nsenter  # namespace machinery only where it is needed
+    # Imported now: once the mount namespace is joined, the host's files are out of reach.
+    from ctfs.kernel import nsenter, pty_relay
 
     if os.geteuid() != 0:
         raise CliError("joining a container needs root")
@@ -99,29 +100,39 @@ def run_inside(mount: Path, name: str, argv: list[str]) -> int:
         nsenter.join_container(init_pid)
     except OSError as exc:
         raise CliError(f"cannot join container {name}: {exc.strerror or exc}") from exc
-    # The pid namespace applies to children only: the command runs in a child.
-    pid = os.fork()
-    if pid == 0:
+
+    def start() -> None:
+        """In the child: only stdio crosses into the container, then exec."""
         try:
-            # Only stdio crosses into the container; no other host descriptor.
             os.closerange(3, 65536)
             os.chdir("/root" if os.path.isdir("/root") else "/")
             os.execvpe(argv[0], argv, env)
         except FileNotFoundError:
-            print(f"ctfs exec: {argv[0]}: command not found", file=sys.stderr)
+            print(f"ctfs: {argv[0]}: command not found", file=sys.stderr)
             os._exit(EXIT_NOT_FOUND)
         except OSError as exc:
-            print(f"ctfs exec: {argv[0]}: {exc.strerror}", file=sys.stderr)
+            print(f"ctfs: {argv[0]}: {exc.strerror}", file=sys.stderr)
             os._exit(EXIT_CANNOT_RUN)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+
+    # The pid namespace applies to children only: the command always runs in a child.
+    if os.isatty(0) and os.isatty(1):
+        status = pty_relay.run_on_pty(start)
+    else:
+        pid = os.fork()
+        if pid == 0:
+            start()
+        status = _wait(pid)
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)
     return os.WEXITSTATUS(status)
+
+
+def _wait(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
 
 
 def cmd_exec(args: argparse.Namespace) -> int:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import pty
+import select
 import subprocess
+import time
 from pathlib import Path
 
 from tests.ctfsd_harness import CTFS, ctfs_exec
@@ -87,3 +91,43 @@ def test_enter_runs_a_login_shell_inside(running: Path) -> None:
     result = _ctfs(running.parent, "enter", running.name, stdin="hostname; exit 3\n")
     assert result.returncode == 3
     assert f"ct{running.name}" in result.stdout
+
+
+def _run_on_host_terminal(args: list[str], keystrokes: bytes) -> tuple[int, str]:
+    """Run ``ctfs`` on a host pseudo-terminal; type ``keystrokes`` at the first prompt."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [str(CTFS), *args], stdin=slave, stdout=slave, stderr=slave, start_new_session=True
+    )
+    os.close(slave)
+    screen = b""
+    typed = False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: ctfs exited and closed the terminal
+                break
+            screen += chunk
+            if not typed and b"# " in screen:
+                os.write(master, keystrokes)
+                typed = True
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    return proc.wait(timeout=30), screen.decode(errors="replace")
+
+
+def test_enter_from_a_terminal_gets_a_terminal_of_the_containers_own(running: Path) -> None:
+    host_terminals = set(os.listdir("/dev/pts"))
+    status, screen = _run_on_host_terminal(
+        ["--mount", str(running.parent), "enter", running.name],
+        b"tty; readlink /proc/$$/fd/0; exit 4\n",
+    )
+    assert status == 4
+    # The container's devpts is a new instance: its first terminal is /dev/pts/0,
+    # and the host's terminal never reaches the shell.
+    assert "/dev/pts/0" in screen
+    assert host_terminals  # the test itself ran on one
