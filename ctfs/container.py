@@ -16,11 +16,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
-import json
 import logging
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from ctfs import config
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found, not_permitted
 from ctfs.events import EventLog
 from ctfs.kernel import nsenter, procs, storage
+from ctfs.kernel.launch import LaunchError
 from ctfs.kernel.security import DROPPED_CAPABILITIES
 
 if TYPE_CHECKING:
@@ -179,25 +178,13 @@ class Container:
                 "container": "ctfs",
             },
         }
-        done = await trio.run_process(
-            [sys.executable, "-I", "-m", "ctfs.kernel.launcher"],
-            stdin=json.dumps(spec).encode(),
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
         try:
-            reply = json.loads(done.stdout.decode() or "{}")
-        except ValueError:
-            reply = {}
+            reply = await self.host.launcher.launch(spec)
+        except LaunchError as exc:
+            reply = {"error": str(exc)}
         if "pid" not in reply:
-            reason = (
-                reply.get("error")
-                or done.stderr.decode(errors="replace").strip()
-                or (f"launcher exited with status {done.returncode}")
-            )
             await self._clean_up_cgroups()
-            raise kernel_failed(f"start failed: {reason}")
+            raise kernel_failed(f"start failed: {reply.get('error', 'no reason given')}")
         pid = int(reply["pid"])
         self._adopt(pid)
         if not self.ever_started:

@@ -141,9 +141,7 @@ def prepare(args: argparse.Namespace) -> CgroupsV1:
     try:
         how = storage.ensure_pool(args.state_dir, args.pool_size)
         log.info("storage: %s", how)
-        imported = TemplateStore(args.state_dir).import_cache(args.template_cache)
-        for name in imported:
-            log.info("template %s imported from %s", name, args.template_cache)
+        TemplateStore(args.state_dir).import_cache(args.template_cache)
     except (OSError, storage.StorageError) as exc:
         raise StartupError(EXIT_STORAGE, f"storage unusable: {exc}") from exc
     try:
@@ -185,6 +183,7 @@ async def serve(args: argparse.Namespace, cgroups: CgroupsV1, ready: int | None)
             await pyfuse3.main(min_tasks=4, max_tasks=256)
     finally:
         pyfuse3.close(unmount=True)
+        host.close()
         log.info("unmounted %s; containers keep running", args.mountpoint)
 
 

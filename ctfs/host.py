@@ -19,6 +19,7 @@ from ctfs.container import CONF, Container, State
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found
 from ctfs.kernel import storage
 from ctfs.kernel.cgroups import Cgroups
+from ctfs.kernel.launch import Launcher
 from ctfs.kernel.templates import TemplateStore
 from ctfs.values import CTID_MAX, parse_ctid
 
@@ -41,6 +42,7 @@ class Host:
         self._nursery: trio.Nursery | None = None
         self.templates = TemplateStore(self.state_dir)
         self.containers: dict[int, Container] = {}
+        self.launcher = Launcher()
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -52,6 +54,10 @@ class Host:
         """Begin serving: load the containers on disk and watch the running ones."""
         self._nursery = nursery
         self.discover()
+
+    def close(self) -> None:
+        """Stop serving; running containers are left running."""
+        self.launcher.close()
 
     def get(self, ctid: int) -> Container | None:
         return self.containers.get(ctid)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ctfsd_harness import Ctfsd, write_errno
+from tests.ctfsd_harness import Ctfsd, wait_for, write_errno
 
 _ctids = itertools.count(101)
 
@@ -58,8 +58,20 @@ def container(ctfsd: Ctfsd, mount: Path, new_ctid: int) -> Iterator[Path]:
             path.rmdir()
 
 
+def _booted(container: Path) -> bool:
+    """The busybox template has finished booting: init and syslogd, nothing else."""
+    pids = (container / "procs").read_text().split()
+    if len(pids) != 2:
+        return False
+    try:
+        return "syslogd" in Path(f"/proc/{pids[1]}/cmdline").read_text()
+    except FileNotFoundError:
+        return False
+
+
 @pytest.fixture
 def running(container: Path) -> Path:
-    """A running container."""
+    """A running container whose startup scripts have finished."""
     assert write_errno(container / "state", b"running") == 0
+    assert wait_for(lambda: _booted(container), timeout=10), "the container did not boot"
     return container

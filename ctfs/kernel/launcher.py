@@ -1,11 +1,12 @@
-"""The program that becomes a container's init: ``python -m ctfs.kernel.launcher``.
+"""The program that becomes a container's init: ``python -m ctfs.kernel.launcher --serve FD``.
 
-ctfsd runs it as a short-lived subprocess with a JSON description on stdin.  It
-joins the container's cgroups, unshares the namespaces and forks; the child is PID 1
-of the new pid namespace, builds the container's mounts, pivots into the private
-area and execs the template's init.  The launcher prints ``{"pid": N}`` (the host
-PID of init) once the exec has happened, or ``{"error": "..."}``, and exits, so the
-container's init is orphaned at once and never dies with ctfsd.
+ctfsd keeps one running (see ``ctfs.kernel.launch``) and sends it a JSON description
+per start.  A forked copy joins the container's cgroups, unshares the namespaces
+and forks; that child is PID 1 of the new pid namespace, builds the container's
+mounts, pivots into the private area and execs the template's init.  The copy
+replies ``{"pid": N}`` (the host PID of init) once the exec has happened, or
+``{"error": "..."}``, and exits, so the container's init is orphaned at once and
+never dies with ctfsd.
 
 Invariants: no host file descriptor survives into the container (init's stdio is
 the container's own /dev/null); nothing mounted here propagates to the host (the
@@ -229,12 +230,55 @@ def launch(spec: dict[str, Any]) -> dict[str, Any]:
     return {"pid": pid}
 
 
+def serve(control: socket.socket) -> None:
+    """Answer launch requests until ctfsd closes ``control``.
+
+    Each request is a JSON spec with one socket attached; a forked copy of this
+    (single-threaded, already imported) process carries it out and sends the reply
+    on that socket.  Forking a warm process instead of starting an interpreter per
+    container keeps Python's start-up cost out of every container start.
+    """
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 1 << 20, 1)
+        except InterruptedError:
+            continue
+        _reap_finished()
+        if not message:
+            return  # ctfsd is gone
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            continue
+        reply_fd = fds[0]
+        if os.fork() == 0:
+            control.close()
+            try:
+                reply = launch(json.loads(message))
+            except BaseException as exc:  # always answer: ctfsd is waiting
+                reply = {"error": f"launcher: {exc!r}"}
+            os.write(reply_fd, json.dumps(reply).encode())
+            os._exit(0)
+        os.close(reply_fd)
+
+
+def _reap_finished() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def main() -> int:
-    spec = json.loads(sys.stdin.buffer.read())
-    reply = launch(spec)
-    sys.stdout.write(json.dumps(reply) + "\n")
-    sys.stdout.flush()
-    return 0 if "pid" in reply else 1
+    if len(sys.argv) != 3 or sys.argv[1] != "--serve":
+        sys.stderr.write("usage: python -m ctfs.kernel.launcher --serve FD (ctfsd runs this)\n")
+        return 2
+    with socket.socket(fileno=int(sys.argv[2])) as control:
+        serve(control)
+    return 0
 
 
 if __name__ == "__main__":
