@@ -199,18 +199,28 @@ class Container:
         self.host.nursery.start_soon(self._watch, self._init)
 
     async def _watch(self, init: InitProcess) -> None:
+        """Wait for init to exit; clean up if nobody asked for it.
+
+        Runs in the daemon's nursery, so it must never raise: one container's
+        trouble must not take the whole mount down.
+        """
         await trio.lowlevel.wait_readable(init.pidfd)
         status = _reap(init.pid)
         init.exited.set()
-        if self._transition is None:
-            # Nobody asked for this: init halted, rebooted or crashed by itself.
-            self._transition = State.STOPPING
-            try:
-                with trio.CancelScope(shield=True):
-                    await self._finish_stop(init)
-            finally:
-                self._transition = None
+        if self._transition is not None:
+            return  # a stop in progress does the cleaning up
+        # Nobody asked for this: init halted, rebooted or crashed by itself.
+        self._transition = State.STOPPING
+        try:
+            with trio.CancelScope(shield=True):
+                await self._finish_stop(init)
             self.events.record(f"stopped: init exited by itself ({status})")
+        except Exception as exc:
+            log.exception("CT %d: cleaning up after init exited", self.ctid)
+            self.events.record(f"init exited by itself ({status}); cleanup failed: {exc}",
+                               logging.ERROR)
+        finally:
+            self._transition = None
 
     # --------------------------------------------------------------- stop
 
@@ -253,11 +263,15 @@ class Container:
         return "timeout"
 
     async def _finish_stop(self, init: InitProcess) -> None:
+        """Once init is gone: wait out the rest, remove the cgroups, forget init."""
         await init.exited.wait()
-        await self._clean_up_cgroups()
-        os.close(init.pidfd)
-        if self._init is init:
-            self._init = None
+        try:
+            await self._clean_up_cgroups()
+        finally:
+            # Init is gone whatever happened to its cgroups: the state is stopped.
+            os.close(init.pidfd)
+            if self._init is init:
+                self._init = None
 
     async def _clean_up_cgroups(self) -> None:
         cgroups = self.host.cgroups
