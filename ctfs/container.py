@@ -29,7 +29,7 @@ import trio
 from ctfs import config
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found, not_permitted
 from ctfs.events import EventLog
-from ctfs.kernel import nsenter, procs, storage
+from ctfs.kernel import procs, storage, uts
 from ctfs.kernel.launch import LaunchError
 from ctfs.kernel.security import DROPPED_CAPABILITIES
 
@@ -169,7 +169,7 @@ class Container:
             "root": str(self.root),
             "hostname": self.hostname,
             "init": [template.init],
-            "cgroup_procs": cgroups.procs_files(self.ctid),
+            "cgroup_join": cgroups.join_files(self.ctid),
             "drop_caps": sorted(DROPPED_CAPABILITIES.values()),
             "env": {
                 "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
@@ -217,8 +217,9 @@ class Container:
             self.events.record(f"stopped: init exited by itself ({status})")
         except Exception as exc:
             log.exception("CT %d: cleaning up after init exited", self.ctid)
-            self.events.record(f"init exited by itself ({status}); cleanup failed: {exc}",
-                               logging.ERROR)
+            self.events.record(
+                f"init exited by itself ({status}); cleanup failed: {exc}", logging.ERROR
+            )
         finally:
             self._transition = None
 
@@ -308,14 +309,14 @@ class Container:
         init = self.init_pid
         if init is not None:
             try:
-                await trio.to_thread.run_sync(nsenter.set_hostname, init, name)
+                await trio.to_thread.run_sync(uts.set_hostname, init, name)
             except OSError as exc:
                 raise kernel_failed(f"cannot set the host name: {exc}") from exc
         try:
             self.persist(HOSTNAME=name)
         except OSError as exc:
             if init is not None:
-                await trio.to_thread.run_sync(nsenter.set_hostname, init, old)
+                await trio.to_thread.run_sync(uts.set_hostname, init, old)
             raise kernel_failed(f"cannot save ctid.conf: {exc}") from exc
         self.events.record(f"hostname: {old} -> {name}")
 

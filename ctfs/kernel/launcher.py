@@ -200,9 +200,10 @@ def _become_init(spec: dict[str, Any], errpipe: int) -> None:
 def launch(spec: dict[str, Any]) -> dict[str, Any]:
     """Start the container described by ``spec``; return the reply for ctfsd."""
     try:
-        for procs_file in spec["cgroup_procs"]:
-            with open(procs_file, "w") as f:
-                f.write(str(os.getpid()))
+        # This process is single-threaded: it moves itself (see CgroupsV1.join_files).
+        for join_file in spec["cgroup_join"]:
+            with open(join_file, "w") as f:
+                f.write("0")
         libc.unshare(NAMESPACES)
     except OSError as exc:
         return {"error": f"cannot enter cgroups and namespaces: {exc.strerror or exc}"}

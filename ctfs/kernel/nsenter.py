@@ -1,39 +1,32 @@
 """Joining a running container: its cgroups, namespaces, root and security baseline.
 
-Used by ``ctfs exec``/``ctfs enter`` (a single-threaded process that then forks
-the command) and by ctfsd to change a running container's host name (in a
-throw-away thread, because setns changes only the calling thread's UTS namespace).
+Used by ``ctfs exec``/``ctfs enter``, a single-threaded process that then forks the
+command.  Every ``ctfs exec`` pays for this module's imports, so it keeps to os and
+``ctfs.kernel.libc``.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
 
-from ctfs.kernel import libc
-from ctfs.kernel.cgroups import CGROUP_ROOT
-
-T = TypeVar("T")
+from ctfs.kernel import CGROUP_ROOT, libc
 
 # Order matters: the mount namespace last, since /proc paths change meaning after it.
 ALL_NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
 
 
-def _cgroup_dirs(pid: int) -> list[Path]:
+def _cgroup_dirs(pid: int) -> list[str]:
     """The v1 cgroup directories of ``pid`` that ctfs manages (skips named hierarchies)."""
-    dirs: list[Path] = []
+    dirs: list[str] = []
     with open(f"/proc/{pid}/cgroup") as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
             if not controllers or controllers.startswith("name="):
                 continue
             for controller in controllers.split(","):
-                base = CGROUP_ROOT / controller
-                if (base / "cgroup.procs").exists():
-                    dirs.append(base / path.lstrip("/"))
+                base = f"{CGROUP_ROOT}/{controller}"
+                if os.path.exists(f"{base}/cgroup.procs"):
+                    dirs.append(f"{base}/{path.lstrip('/')}".rstrip("/"))
                     break
     return dirs
 
@@ -57,12 +50,15 @@ def join_container(init_pid: int) -> None:
         for ns in ALL_NAMESPACES
     }
     try:
+        # "0" in tasks moves the calling thread without the kernel's global
+        # threadgroup lock (see CgroupsV1.join_files); the caller is single-threaded.
         for cgroup_dir in _cgroup_dirs(init_pid):
-            with open(cgroup_dir / "cgroup.procs", "w") as f:
-                f.write(str(os.getpid()))
+            with open(f"{cgroup_dir}/tasks", "w") as f:
+                f.write("0")
         # Whatever init may not have, the joining process may not have either.
         allowed = _bounding_set(init_pid)
-        last_cap = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last_cap = int(f.read())
         for cap in range(last_cap + 1):
             if not allowed & (1 << cap):
                 libc.prctl(libc.PR_CAPBSET_DROP, cap)
@@ -71,43 +67,3 @@ def join_container(init_pid: int) -> None:
     finally:
         for fd in ns_fds.values():
             os.close(fd)
-
-
-def _in_uts_namespace(init_pid: int, action: Callable[[], T]) -> T:
-    """Run ``action`` in a throw-away thread that has joined the UTS namespace of ``init_pid``."""
-    result: list[T] = []
-    errors: list[BaseException] = []
-
-    def in_namespace() -> None:
-        # A fresh thread: if switching back failed, the foreign namespace dies with it.
-        try:
-            own = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
-            target = os.open(f"/proc/{init_pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                libc.setns(target, libc.CLONE_NEWUTS)
-                try:
-                    result.append(action())
-                finally:
-                    libc.setns(own, libc.CLONE_NEWUTS)
-            finally:
-                os.close(own)
-                os.close(target)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=in_namespace, name="ctfs-uts")
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return result[0]
-
-
-def set_hostname(init_pid: int, name: str) -> None:
-    """Set the host name in the UTS namespace of ``init_pid``."""
-    _in_uts_namespace(init_pid, lambda: libc.sethostname(name))
-
-
-def get_hostname(init_pid: int) -> str:
-    """The live host name in the UTS namespace of ``init_pid``."""
-    return _in_uts_namespace(init_pid, lambda: os.uname().nodename)
