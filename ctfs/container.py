@@ -22,7 +22,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -43,6 +43,8 @@ CONF = "ctid.conf"
 # After the halt signal, an init left alone for this long has nothing left to
 # shut down gracefully (busybox init would only sleep out its console delays).
 HALT_SETTLE_S = 0.2
+# A start that has not reached the template's init by then is abandoned.
+START_TIMEOUT_S = 60.0
 POLL_S = 0.02
 
 
@@ -162,6 +164,7 @@ class Container:
         try:
             await trio.to_thread.run_sync(cgroups.create, self.ctid)
         except OSError as exc:
+            await self._clean_up_cgroups()
             raise kernel_failed(f"cannot create cgroups: {exc}") from exc
         if cgroups.pids(self.ctid):
             raise kernel_failed("the container's cgroup still holds processes from an earlier run")
@@ -178,17 +181,24 @@ class Container:
                 "container": "ctfs",
             },
         }
-        try:
-            reply = await self.host.launcher.launch(spec)
-        except LaunchError as exc:
-            reply = {"error": str(exc)}
+        reply: dict[str, Any] = {"error": f"init did not start within {START_TIMEOUT_S:g} s"}
+        with trio.move_on_after(START_TIMEOUT_S):
+            try:
+                reply = await self.host.launcher.launch(spec)
+            except LaunchError as exc:
+                reply = {"error": str(exc)}
         if "pid" not in reply:
+            # Whatever the launcher got to run is in the cgroup: end it all.
+            await trio.to_thread.run_sync(cgroups.kill_all, self.ctid)
             await self._clean_up_cgroups()
             raise kernel_failed(f"start failed: {reply.get('error', 'no reason given')}")
         pid = int(reply["pid"])
         self._adopt(pid)
         if not self.ever_started:
-            self.persist(STARTED_ONCE="yes")
+            try:
+                self.persist(STARTED_ONCE="yes")
+            except OSError as exc:  # the start itself succeeded; say what was not saved
+                self.events.record(f"cannot save ctid.conf: {exc}", logging.ERROR)
         ms = (time.monotonic() - began) * 1000
         self.events.record(f"started: init is PID {pid} on the host ({ms:.0f} ms)")
 

@@ -22,6 +22,9 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
 CTFSD = Path(sys.executable).with_name("ctfsd")
 CTFS = Path(sys.executable).with_name("ctfs")
+SYSTEM_TEMPLATE_CACHE = Path("/var/cache/ctfs/templates")
+# A second installed template, so that changing a container's template changes it.
+ALT_TEMPLATE = "busybox-alt"
 
 
 def write_errno(path: Path, data: bytes, offset: int = 0) -> int:
@@ -71,6 +74,13 @@ class Ctfsd:
         self.cgroup_parent = f"ctfs-test-{os.getpid()}"
         self.stop_timeout = stop_timeout
         self.proc: subprocess.Popen[bytes] | None = None
+        self.template_cache = self.base / "templates"
+        self.template_cache.mkdir()
+        for name in ("busybox", ALT_TEMPLATE):
+            for suffix in (".tar.gz", ".conf"):
+                (self.template_cache / f"{name}{suffix}").symlink_to(
+                    SYSTEM_TEMPLATE_CACHE / f"busybox{suffix}"
+                )
 
     def argv(self, *extra: str) -> list[str]:
         return [
@@ -84,6 +94,8 @@ class Ctfsd:
             self.cgroup_parent,
             "--stop-timeout",
             str(self.stop_timeout),
+            "--template-cache",
+            str(self.template_cache),
             *extra,
             str(self.mount),
         ]

@@ -7,7 +7,7 @@ import os
 import threading
 from pathlib import Path
 
-from tests.ctfsd_harness import CONTROLLERS, Ctfsd, ctfs_exec, wait_for, write_errno
+from tests.ctfsd_harness import ALT_TEMPLATE, CONTROLLERS, Ctfsd, ctfs_exec, wait_for, write_errno
 
 
 def _nspid(pid: int) -> list[int]:
@@ -195,9 +195,23 @@ def test_hostname_changes_live_in_a_running_container(running: Path) -> None:
     assert (running / "hostname").read_text() == "renamed\n"
 
 
-def test_template_can_be_rewritten_before_the_first_start(container: Path) -> None:
-    assert write_errno(container / "template", b"busybox\n") == 0
-    assert (container / "template").read_text() == "busybox\n"
+def test_template_change_before_the_first_start_recreates_the_private_area(
+    ctfsd: Ctfsd, container: Path
+) -> None:
+    marker = ctfsd.state / container.name / "root" / "marker"
+    marker.write_text("from the old template\n")
+    assert write_errno(container / "template", f"{ALT_TEMPLATE}\n".encode()) == 0
+    assert (container / "template").read_text() == f"{ALT_TEMPLATE}\n"
+    assert not marker.exists()
+    conf = (ctfsd.state / container.name / "ctid.conf").read_text()
+    assert f'OSTEMPLATE="{ALT_TEMPLATE}"' in conf
+
+
+def test_rewriting_the_same_template_keeps_the_private_area(ctfsd: Ctfsd, container: Path) -> None:
+    marker = ctfsd.state / container.name / "root" / "marker"
+    marker.write_text("kept\n")
+    assert write_errno(container / "template", b"busybox") == 0
+    assert marker.exists()
 
 
 def test_unknown_template_is_enoent_and_changes_nothing(container: Path) -> None:
@@ -208,7 +222,8 @@ def test_unknown_template_is_enoent_and_changes_nothing(container: Path) -> None
 
 def test_template_cannot_change_after_the_first_start(running: Path) -> None:
     write_errno(running / "state", b"stopped")
-    assert write_errno(running / "template", b"other") == errno.EPERM
+    assert write_errno(running / "template", ALT_TEMPLATE.encode()) == errno.EPERM
+    assert (running / "template").read_text() == "busybox\n"
 
 
 def test_events_record_start_and_stop_with_timings(running: Path) -> None:
@@ -216,3 +231,15 @@ def test_events_record_start_and_stop_with_timings(running: Path) -> None:
     lines = (running / "events").read_text().splitlines()
     assert any(" started: " in line and " ms)" in line for line in lines)
     assert any(" stopped: " in line and " ms after SIGUSR1" in line for line in lines)
+
+
+def test_a_failed_start_is_eio_with_the_reason_and_leaves_nothing(
+    ctfsd: Ctfsd, container: Path
+) -> None:
+    (ctfsd.state / container.name / "root" / "sbin" / "init").unlink()
+    assert write_errno(container / "state", b"running") == errno.EIO
+    assert (container / "state").read_text() == "stopped\n"
+    last = (container / "events").read_text().splitlines()[-1]
+    assert 'state: failed "running": start failed: exec /sbin/init' in last
+    for controller in CONTROLLERS:
+        assert not ctfsd.cgroup_dir(controller, int(container.name)).exists(), controller

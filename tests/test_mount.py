@@ -21,6 +21,10 @@ def test_templates_lists_busybox_without_any_download(mount: Path) -> None:
     assert "busybox" in (mount / "templates").read_text().splitlines()
 
 
+def test_templates_lists_every_installed_template_sorted(mount: Path) -> None:
+    assert (mount / "templates").read_text() == "busybox\nbusybox-alt\n"
+
+
 def test_control_files_have_size_zero_like_procfs(mount: Path) -> None:
     assert (mount / "version").stat().st_size == 0
 
