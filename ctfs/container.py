@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,8 +133,7 @@ class Container:
         targets = {State.RUNNING.value, State.STOPPED.value, State.FROZEN.value}
         if word not in targets:
             raise invalid(f"unknown state {word!r}; write running, stopped or frozen")
-        if self._transition is not None:
-            raise busy(f"{self._transition.value} is under way")
+        self._refuse_while_changing()
         current = self.state
         if word == current.value:
             return
@@ -144,8 +144,11 @@ class Container:
         else:
             raise CtfsError(errno.EOPNOTSUPP, "checkpointing is not available yet")
 
-    async def _transit(self, during: State, action: object) -> None:
-        assert callable(action)
+    def _refuse_while_changing(self) -> None:
+        if self._transition is not None:
+            raise busy(f"a change is under way (the container reads {self._transition.value})")
+
+    async def _transit(self, during: State, action: Callable[[], Awaitable[None]]) -> None:
         self._transition = during
         try:
             with trio.CancelScope(shield=True):
@@ -313,9 +316,8 @@ class Container:
         old = self.hostname
         if name == old:
             return
-        if self._transition is not None:
-            # A start in flight has already handed the old name to the launcher.
-            raise busy(f"{self._transition.value} is under way")
+        # A start in flight has already handed the old name to the launcher.
+        self._refuse_while_changing()
         init = self.init_pid
         if init is not None:
             try:
@@ -340,7 +342,8 @@ class Container:
         template = self.host.templates.get(name)
         if template is None:
             raise not_found(f"template {name!r} is not installed")
-        self._transition = State.STOPPED  # holds off a start while the area is swapped
+        # Reads stay "stopped" while the private area is swapped; a start meanwhile is EBUSY.
+        self._transition = State.STOPPED
         try:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self._swap_private_area, template.root, name)

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 ROOT_INODE: int = pyfuse3.ROOT_INODE
 FIRST_DYNAMIC_INODE = 1000
 # Entries and attributes may be cached briefly: a file's mode and size never change,
-# and ctfs invalidates entries itself when a container disappears.
+# and a container directory only disappears through rmdir, which the kernel sees.
 CACHE_S = 1.0
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
