@@ -7,15 +7,17 @@ namespaces and root directly, as vzctl exec and lxc-attach do.
 Exit statuses of ``exec``/``enter``: the command's own; 125 when ctfs itself
 failed (no such container, not running, not root), 126 when the command could
 not be run, 127 when it was not found, 128+N when it was killed by signal N.
+
+``ctfs exec CTID -- CMD`` is what scripts call in loops, and most of its cost is
+Python starting up: its path imports only os, sys and what joining needs.  argparse
+(and pathlib) are loaded for the other commands, help and bad usage only.
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import sys
-from pathlib import Path
 
 from ctfs.values import parse_ctid
 
@@ -36,63 +38,73 @@ class CliError(Exception):
     pass
 
 
-def _read(path: Path) -> str:
+def _read(path: str) -> str:
     try:
-        return path.read_text()
+        with open(path) as f:
+            return f.read()
     except FileNotFoundError:
         return ""
 
 
-def _container_dir(mount: Path, name: str) -> Path:
+def _check_mount(mount: str) -> None:
+    if not os.path.exists(f"{mount}/version"):
+        raise CliError(f"{mount} is not a ctfs mount (is ctfsd running?)")
+
+
+def _container_dir(mount: str, name: str) -> str:
     if parse_ctid(name) is None:
         raise CliError(f"{name!r} is not a CTID")
-    directory = mount / name
-    if not directory.is_dir():
-        if not (mount / "version").exists():
-            raise CliError(f"{mount} is not a ctfs mount (is ctfsd running?)")
+    directory = f"{mount}/{name}"
+    if not os.path.isdir(directory):
+        _check_mount(mount)
         raise CliError(f"no container {name}")
     return directory
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    mount: Path = args.mount
-    if not (mount / "version").exists():
-        raise CliError(f"{mount} is not a ctfs mount (is ctfsd running?)")
-    names = sorted((e.name for e in mount.iterdir() if parse_ctid(e.name) is not None), key=int)
+def cmd_list(mount: str, running_only: bool, header: bool) -> int:
+    _check_mount(mount)
+    names = sorted((n for n in os.listdir(mount) if parse_ctid(n) is not None), key=int)
     rows: list[tuple[str, str, str, str]] = []
     for name in names:
-        directory = mount / name
-        state = _read(directory / "state").strip() or "-"
-        if args.running and state != "running":
+        directory = f"{mount}/{name}"
+        state = _read(f"{directory}/state").strip() or "-"
+        if running_only and state != "running":
             continue
-        count = len(_read(directory / "procs").split())
-        hostname = _read(directory / "hostname").strip() or "-"
+        count = len(_read(f"{directory}/procs").split())
+        hostname = _read(f"{directory}/hostname").strip() or "-"
         rows.append((name, str(count) if state == "running" else "-", state, hostname))
-    if not args.no_header:
+    if header:
         print(f"{'CTID':>10} {'NPROC':>5} {'STATUS':<10} HOSTNAME")
     for ctid, nproc, state, hostname in rows:
         print(f"{ctid:>10} {nproc:>5} {state:<10} {hostname}")
     return 0
 
 
-def _init_pid(directory: Path) -> int:
-    state = _read(directory / "state").strip()
+def _init_pid(mount: str, name: str) -> int:
+    directory = _container_dir(mount, name)
+    state = _read(f"{directory}/state").strip()
     if state != "running":
-        raise CliError(f"container {directory.name} is {state or 'gone'}, not running")
-    pids = _read(directory / "procs").split()
+        raise CliError(f"container {name} is {state or 'gone'}, not running")
+    pids = _read(f"{directory}/procs").split()
     if not pids:
-        raise CliError(f"container {directory.name} has no processes")
+        raise CliError(f"container {name} has no processes")
     return int(pids[0])
 
 
-def run_inside(mount: Path, name: str, argv: list[str]) -> int:
+def run_inside(mount: str, name: str, argv: list[str]) -> int:
     """Run ``argv`` inside container ``name``; return its exit status."""
-    # Imported now: once the mount namespace is joined, the host's files are out of reach.
-    from ctfs.kernel import nsenter, pty_relay
+    # Imported now: once the mount namespace is joined, the host's files are out of
+    # reach.  (os.execvpe imports warnings lazily, so it is loaded here too.)
+    import warnings  # noqa: F401
 
+    from ctfs.kernel import nsenter
+
+    on_terminal = os.isatty(0) and os.isatty(1)
+    if on_terminal:
+        from ctfs.kernel import pty_relay
     if os.geteuid() != 0:
         raise CliError("joining a container needs root")
-    init_pid = _init_pid(_container_dir(mount, name))
+    init_pid = _init_pid(mount, name)
     env = dict(CONTAINER_ENV)
     if "TERM" in os.environ:
         env["TERM"] = os.environ["TERM"]
@@ -115,7 +127,7 @@ def run_inside(mount: Path, name: str, argv: list[str]) -> int:
             os._exit(EXIT_CANNOT_RUN)
 
     # The pid namespace applies to children only: the command always runs in a child.
-    if os.isatty(0) and os.isatty(1):
+    if on_terminal:
         status = pty_relay.run_on_pty(start)
     else:
         pid = os.fork()
@@ -135,26 +147,23 @@ def _wait(pid: int) -> int:
             continue
 
 
-def cmd_exec(args: argparse.Namespace) -> int:
-    command = args.command
+def cmd_exec(mount: str, ctid: str, command: list[str]) -> int:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
         raise CliError("no command given: ctfs exec CTID -- COMMAND [ARG...]")
-    return run_inside(args.mount, args.ctid, command)
+    return run_inside(mount, ctid, command)
 
 
-def cmd_enter(args: argparse.Namespace) -> int:
-    return run_inside(args.mount, args.ctid, ["/bin/sh", "-l"])
+def parse_and_run(argv: list[str]) -> int:
+    """Every command line but the quick ``exec`` form: argparse, help, usage errors."""
+    import argparse
 
-
-def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctfs", description="Work with ctfs containers.")
     parser.add_argument(
         "--mount",
         "-m",
-        type=Path,
-        default=Path(os.environ.get("CTFS_MOUNT", "/ctfs")),
+        default=_default_mount(),
         help="where ctfsd is mounted (default $CTFS_MOUNT or /ctfs)",
     )
     sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
@@ -162,30 +171,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list containers (like vzlist -a)")
     p.add_argument("--running", "-r", action="store_true", help="only running containers")
     p.add_argument("--no-header", "-H", action="store_true", help="omit the header line")
-    p.set_defaults(func=cmd_list)
+    p.set_defaults(func=lambda a: cmd_list(a.mount, a.running, not a.no_header))
 
     p = sub.add_parser("exec", help="run a command inside a running container")
     p.add_argument("ctid")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
-    p.set_defaults(func=cmd_exec)
+    p.set_defaults(func=lambda a: cmd_exec(a.mount, a.ctid, a.command))
 
     p = sub.add_parser("enter", help="open a shell inside a running container")
     p.add_argument("ctid")
-    p.set_defaults(func=cmd_enter)
-    return parser
+    p.set_defaults(func=lambda a: run_inside(a.mount, a.ctid, ["/bin/sh", "-l"]))
+
+    args = parser.parse_args(argv)
+    status: int = args.func(args)
+    return status
+
+
+def _default_mount() -> str:
+    return os.environ.get("CTFS_MOUNT", "/ctfs")
+
+
+def quick_exec(argv: list[str]) -> tuple[str, str, list[str]] | None:
+    """``[--mount DIR] exec CTID -- COMMAND...`` read without argparse, else None."""
+    mount = _default_mount()
+    if len(argv) >= 2 and argv[0] in ("--mount", "-m"):
+        mount, argv = argv[1], argv[2:]
+    elif argv and argv[0].startswith("--mount="):
+        mount, argv = argv[0].removeprefix("--mount="), argv[1:]
+    if len(argv) >= 4 and argv[0] == "exec" and argv[2] == "--":
+        return mount, argv[1], argv[3:]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    quick = quick_exec(argv)
     try:
-        status: int = args.func(args)
-        return status
+        if quick is not None:
+            return run_inside(*quick)
+        return parse_and_run(argv)
     except CliError as exc:
         print(f"ctfs: {exc}", file=sys.stderr)
         return EXIT_CTFS_FAILED
     except OSError as exc:
         if exc.errno == errno.ENOTCONN:
-            print(f"ctfs: {args.mount} is a dead mount (ctfsd stopped?)", file=sys.stderr)
+            print(f"ctfs: {exc.filename}: a dead mount (ctfsd stopped?)", file=sys.stderr)
         else:
             print(f"ctfs: {exc}", file=sys.stderr)
         return EXIT_CTFS_FAILED
