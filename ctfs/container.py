@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,7 +99,10 @@ class Container:
 
     @property
     def hostname(self) -> str:
-        return self.settings.get("HOSTNAME", f"ct{self.ctid}")
+        return self._hostname_in(self.settings)
+
+    def _hostname_in(self, settings: Mapping[str, str]) -> str:
+        return settings.get("HOSTNAME", f"ct{self.ctid}")
 
     @property
     def ever_started(self) -> bool:
@@ -312,25 +315,56 @@ class Container:
 
     # ---------------------------------------------------------- settings
 
+    async def update_settings(
+        self,
+        changes: dict[str, str],
+        summary: str,
+        apply: Callable[[Mapping[str, str]], None] | None = None,
+        always: bool = False,
+    ) -> None:
+        """Change settings already validated: kernel first, then ctid.conf, all or nothing.
+
+        ``apply`` sets the kernel from a whole settings mapping (so undoing is applying
+        the old one).  It runs off the trio loop while the container runs, or always
+        when ``always`` (for settings with no process behind them, such as disk quota).
+        If saving ctid.conf fails, the kernel gets the old settings back.
+        """
+        self._refuse_while_changing()
+        old = dict(self.settings)
+        new = {**old, **changes}
+        if new == old:
+            return
+        live = apply is not None and (always or self._init is not None)
+        if live:
+            assert apply is not None
+            try:
+                await trio.to_thread.run_sync(apply, new)
+            except (OSError, ValueError) as exc:
+                await trio.to_thread.run_sync(apply, old)
+                raise kernel_failed(f"the kernel refused it: {exc}") from exc
+        try:
+            self.persist(**changes)
+        except OSError as exc:
+            if live:
+                assert apply is not None
+                await trio.to_thread.run_sync(apply, old)
+            raise kernel_failed(f"cannot save ctid.conf: {exc}") from exc
+        self.events.record(summary)
+
     async def set_hostname(self, name: str) -> None:
         old = self.hostname
-        if name == old:
-            return
         # A start in flight has already handed the old name to the launcher.
-        self._refuse_while_changing()
-        init = self.init_pid
-        if init is not None:
-            try:
-                await trio.to_thread.run_sync(uts.set_hostname, init, name)
-            except OSError as exc:
-                raise kernel_failed(f"cannot set the host name: {exc}") from exc
-        try:
-            self.persist(HOSTNAME=name)
-        except OSError as exc:
-            if init is not None:
-                await trio.to_thread.run_sync(uts.set_hostname, init, old)
-            raise kernel_failed(f"cannot save ctid.conf: {exc}") from exc
-        self.events.record(f"hostname: {old} -> {name}")
+        await self.update_settings(
+            {"HOSTNAME": name},
+            f"hostname: {old} -> {name}",
+            lambda settings: uts.set_hostname(self._live_init_pid(), self._hostname_in(settings)),
+        )
+
+    def _live_init_pid(self) -> int:
+        pid = self.init_pid
+        if pid is None:
+            raise ValueError("the container stopped meanwhile")
+        return pid
 
     async def set_template(self, name: str) -> None:
         if name == self.template_name:
