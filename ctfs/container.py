@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ctfs import config
+from ctfs import config, scheduling
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found, not_permitted
 from ctfs.events import EventLog
 from ctfs.kernel import procs, storage, uts
@@ -168,10 +168,10 @@ class Container:
         began = time.monotonic()
         cgroups = self.host.cgroups
         try:
-            await trio.to_thread.run_sync(cgroups.create, self.ctid)
+            await trio.to_thread.run_sync(self._prepare_cgroups)
         except OSError as exc:
             await self._clean_up_cgroups()
-            raise kernel_failed(f"cannot create cgroups: {exc}") from exc
+            raise kernel_failed(f"cannot set up cgroups: {exc}") from exc
         if cgroups.pids(self.ctid):
             raise kernel_failed("the container's cgroup still holds processes from an earlier run")
         spec = {
@@ -207,6 +207,11 @@ class Container:
                 self.events.record(f"cannot save ctid.conf: {exc}", logging.ERROR)
         ms = (time.monotonic() - began) * 1000
         self.events.record(f"started: init is PID {pid} on the host ({ms:.0f} ms)")
+
+    def _prepare_cgroups(self) -> None:
+        """Create the cgroups with every limit in place before init joins them."""
+        self.host.cgroups.create(self.ctid)
+        scheduling.apply(self.host.cgroups, self.ctid, self.settings)
 
     def _adopt(self, pid: int) -> None:
         """Watch ``pid`` as this container's init from now on."""

@@ -141,6 +141,9 @@ def prepare(args: argparse.Namespace) -> CgroupsV1:
     try:
         how = storage.ensure_pool(args.state_dir, args.pool_size)
         log.info("storage: %s", how)
+        device = storage.pool_device(args.state_dir)
+        if device is not None:
+            log.info("storage: %s", storage.use_bfq(device))
         TemplateStore(args.state_dir).import_cache(args.template_cache)
     except (OSError, storage.StorageError) as exc:
         raise StartupError(EXIT_STORAGE, f"storage unusable: {exc}") from exc

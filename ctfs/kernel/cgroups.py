@@ -49,6 +49,21 @@ class Cgroups(Protocol):
     def populated(self) -> list[int]:
         """CTIDs whose cgroups exist under the parent (running or left over)."""
 
+    def available_cpus(self) -> list[int]:
+        """The CPUs containers may be given (the parent's cpuset)."""
+
+    def set_cpu_weight(self, ctid: int, weight: int) -> None:
+        """Relative CPU weight among containers, in the kernel's cpu.shares units."""
+
+    def set_cpu_cap(self, ctid: int, quota_us: int | None, period_us: int) -> None:
+        """At most ``quota_us`` of CPU time per ``period_us``; None lifts the cap."""
+
+    def set_cpu_set(self, ctid: int, cpus: list[int]) -> None:
+        """The CPUs the container's processes may run on."""
+
+    def set_io_weight(self, ctid: int, weight: int) -> None:
+        """Relative disk-bandwidth weight (BFQ, 1..1000)."""
+
 
 def _write(path: Path, value: str) -> None:
     with open(path, "w") as f:
@@ -139,6 +154,26 @@ class CgroupsV1:
         finally:
             _write(freezer / "freezer.state", "THAWED")
 
+    def available_cpus(self) -> list[int]:
+        return parse_cpu_list((self.root / "cpuset" / self.parent / "cpuset.cpus").read_text())
+
+    def set_cpu_weight(self, ctid: int, weight: int) -> None:
+        _write(self._dir("cpu", ctid) / "cpu.shares", str(weight))
+
+    def set_cpu_cap(self, ctid: int, quota_us: int | None, period_us: int) -> None:
+        cpu = self._dir("cpu", ctid)
+        # Lift the cap before changing the period, so no step is refused as too tight.
+        _write(cpu / "cpu.cfs_quota_us", "-1")
+        _write(cpu / "cpu.cfs_period_us", str(period_us))
+        if quota_us is not None:
+            _write(cpu / "cpu.cfs_quota_us", str(quota_us))
+
+    def set_cpu_set(self, ctid: int, cpus: list[int]) -> None:
+        _write(self._dir("cpuset", ctid) / "cpuset.cpus", _format_cpus(cpus))
+
+    def set_io_weight(self, ctid: int, weight: int) -> None:
+        _write(self._dir("blkio", ctid) / "blkio.bfq.weight", str(weight))
+
     def populated(self) -> list[int]:
         found: list[int] = []
         parent = self.root / "pids" / self.parent
@@ -146,6 +181,21 @@ class CgroupsV1:
             if entry.is_dir() and entry.name.isdigit():
                 found.append(int(entry.name))
         return sorted(found)
+
+
+def _format_cpus(cpus: list[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """``0-3,5`` as the kernel writes cpu lists, to ``[0, 1, 2, 3, 5]``."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        cpus.extend(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 def _signal_all(pids: Iterable[int], sig: int) -> None:

@@ -64,6 +64,40 @@ def ensure_pool(state_dir: Path, image_size: str) -> str:
     return f"mounted btrfs image {image} ({image_size}) on {state_dir}"
 
 
+def pool_device(state_dir: Path) -> str | None:
+    """The block device the pool at ``state_dir`` is mounted from, e.g. ``loop3``."""
+    target = str(state_dir)
+    device = None
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if fields[1] == target and fields[2] == "btrfs":
+                device = fields[0]  # the last mount on a path is the visible one
+    if device is None or not device.startswith("/dev/"):
+        return None
+    return os.path.basename(os.path.realpath(device))
+
+
+def use_bfq(device: str) -> str:
+    """Select BFQ on ``device`` if it is the pool's own loop device; say what was done.
+
+    ioprio becomes BFQ weights, which only a BFQ queue honours.  ctfsd changes the
+    scheduler of the loop device it made, never of a disk it was given.
+    """
+    scheduler = Path(f"/sys/block/{device}/queue/scheduler")
+    if not scheduler.exists():
+        return f"{device} has no I/O scheduler; ioprio has no effect"
+    if "[bfq]" in scheduler.read_text():
+        return f"{device} uses BFQ; ioprio is honoured"
+    if not device.startswith("loop"):
+        return f"{device} does not use BFQ; ioprio has no effect until it does"
+    try:
+        scheduler.write_text("bfq")
+    except OSError as exc:
+        return f"cannot select BFQ on {device} ({exc.strerror}); ioprio has no effect"
+    return f"selected BFQ on {device}; ioprio is honoured"
+
+
 def _parse_image_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     text = text.strip().upper()
