@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ctfs import config, scheduling
+from ctfs import beancounters, config, scheduling, ubc
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found, not_permitted
 from ctfs.events import EventLog
-from ctfs.kernel import procs, storage, uts
+from ctfs.kernel import accounting, procs, storage, uts
 from ctfs.kernel.launch import LaunchError
 from ctfs.kernel.security import DROPPED_CAPABILITIES
 
@@ -77,6 +77,7 @@ class Container:
         self.root = self.dir / "root"
         self.events = EventLog(self.dir / "events", ctid)
         self.settings: dict[str, str] = {}
+        self.tracker = beancounters.Tracker(record=self.events.record)
         self._transition: State | None = None
         self._init: InitProcess | None = None
 
@@ -199,6 +200,7 @@ class Container:
             await self._clean_up_cgroups()
             raise kernel_failed(f"start failed: {reply.get('error', 'no reason given')}")
         pid = int(reply["pid"])
+        self.tracker.reset()
         self._adopt(pid)
         if not self.ever_started:
             try:
@@ -212,6 +214,7 @@ class Container:
         """Create the cgroups with every limit in place before init joins them."""
         self.host.cgroups.create(self.ctid)
         scheduling.apply(self.host.cgroups, self.ctid, self.settings)
+        beancounters.apply(self.host.cgroups, self.ctid, self.settings)
 
     def _adopt(self, pid: int) -> None:
         """Watch ``pid`` as this container's init from now on."""
@@ -307,6 +310,18 @@ class Container:
             await trio.to_thread.run_sync(cgroups.remove, self.ctid)
         except OSError as exc:
             self.events.record(f"cannot remove cgroups: {exc}", logging.ERROR)
+
+    # ------------------------------------------------------- beancounters
+
+    def measure(self, locks: dict[int, int]) -> dict[str, tuple[int, int, int]]:
+        """What the kernel and /proc say now (slow: call off the trio loop)."""
+        pids = self.pids()
+        counts = accounting.count(pids, self.init_pid, locks)
+        return beancounters.held_now(self.host.cgroups.counters(self.ctid), counts)
+
+    def counters(self, measured: dict[str, tuple[int, int, int]]) -> dict[str, ubc.Counter]:
+        """Fold a measurement into maxheld and threshold events; the file's rows."""
+        return self.tracker.update(measured, ubc.limits_of(self.settings))
 
     # ---------------------------------------------------------- discovery
 

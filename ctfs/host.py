@@ -15,15 +15,19 @@ from pathlib import Path
 
 import trio
 
+from ctfs import ubc
 from ctfs.container import CONF, Container, State
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found
-from ctfs.kernel import storage
+from ctfs.kernel import accounting, storage
 from ctfs.kernel.cgroups import Cgroups
 from ctfs.kernel.launch import Launcher
 from ctfs.kernel.templates import TemplateStore
 from ctfs.values import CTID_MAX, parse_ctid
 
 log = logging.getLogger(__name__)
+
+# How often ctfs counts what the kernel does not, so a crossed barrier is noticed.
+BEANCOUNTER_SAMPLE_S = 5.0
 
 
 @dataclass
@@ -54,6 +58,31 @@ class Host:
         """Begin serving: load the containers on disk and watch the running ones."""
         self._nursery = nursery
         self.discover()
+        nursery.start_soon(self._sample_beancounters_forever)
+
+    async def beancounters(self, ctids: list[int]) -> dict[int, dict[str, ubc.Counter]]:
+        """Current beancounters of the running containers among ``ctids``."""
+        running = [
+            self.containers[c]
+            for c in ctids
+            if c in self.containers and self.containers[c].state is State.RUNNING
+        ]
+
+        def measure_all() -> list[dict[str, tuple[int, int, int]]]:
+            locks = accounting.lock_holders()
+            return [ct.measure(locks) for ct in running]
+
+        measured = await trio.to_thread.run_sync(measure_all)
+        return {ct.ctid: ct.counters(m) for ct, m in zip(running, measured, strict=True)}
+
+    async def _sample_beancounters_forever(self) -> None:
+        """Keep maxheld and threshold events current even when nobody reads the files."""
+        while True:
+            await trio.sleep(BEANCOUNTER_SAMPLE_S)
+            try:
+                await self.beancounters(self.sorted_ctids())
+            except Exception:
+                log.exception("sampling beancounters failed; retrying later")
 
     def close(self) -> None:
         """Stop serving; running containers are left running."""

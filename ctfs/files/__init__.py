@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ctfs.files import lifecycle, root, scheduling
+from ctfs.files import beancounters, lifecycle, root, scheduling
 from ctfs.files.base import ContainerFile, RootFile
 
-ROOT_FILES: tuple[RootFile, ...] = root.FILES
-CONTAINER_FILES: tuple[ContainerFile, ...] = lifecycle.FILES + scheduling.FILES
+ROOT_FILES: tuple[RootFile, ...] = root.FILES + beancounters.ROOT_FILES
+CONTAINER_FILES: tuple[ContainerFile, ...] = lifecycle.FILES + scheduling.FILES + beancounters.FILES
 
 __all__ = ["CONTAINER_FILES", "ROOT_FILES", "ContainerFile", "RootFile"]

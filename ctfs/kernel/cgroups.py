@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +25,37 @@ CGROUP_ROOT = Path(kernel.CGROUP_ROOT)
 # The v1 controllers a container is placed in.  The named "systemd" hierarchy
 # and cgroup2 are left alone: they belong to the host's init.
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
+
+
+@dataclass(frozen=True)
+class MemoryLimits:
+    """Memory limits in bytes; None is no limit."""
+
+    ram: int | None = None  # hard limit on RAM in use
+    ram_soft: int | None = None  # reclaimed down to this first under pressure
+    ram_and_swap: int | None = None
+    tcp_buffers: int | None = None
+
+
+@dataclass(frozen=True)
+class KernelCounters:
+    """What the kernel counts for a container: bytes, tasks, refusals."""
+
+    ram: int = 0
+    ram_max: int = 0
+    ram_failcnt: int = 0
+    ram_and_swap: int = 0
+    ram_and_swap_max: int = 0
+    kmem: int = 0
+    kmem_max: int = 0
+    kmem_failcnt: int = 0
+    tcp: int = 0
+    tcp_max: int = 0
+    tcp_failcnt: int = 0
+    shmem: int = 0
+    tasks: int = 0
+    tasks_max: int = 0
+    tasks_refused: int = 0
 
 
 class Cgroups(Protocol):
@@ -63,6 +95,15 @@ class Cgroups(Protocol):
 
     def set_io_weight(self, ctid: int, weight: int) -> None:
         """Relative disk-bandwidth weight (BFQ, 1..1000)."""
+
+    def set_memory_limits(self, ctid: int, limits: MemoryLimits) -> None:
+        """Apply every memory limit at once (None lifts one)."""
+
+    def set_task_limit(self, ctid: int, tasks: int | None) -> None:
+        """At most ``tasks`` processes and threads; None lifts the limit."""
+
+    def counters(self, ctid: int) -> KernelCounters:
+        """Usage, peaks and refusal counts; zeros for a container with no cgroups."""
 
 
 def _write(path: Path, value: str) -> None:
@@ -174,6 +215,57 @@ class CgroupsV1:
     def set_io_weight(self, ctid: int, weight: int) -> None:
         _write(self._dir("blkio", ctid) / "blkio.bfq.weight", str(weight))
 
+    def set_memory_limits(self, ctid: int, limits: MemoryLimits) -> None:
+        memory = self._dir("memory", ctid)
+        # memsw may never be below the RAM limit: lift it first, set RAM, then memsw.
+        if (memory / "memory.memsw.limit_in_bytes").exists():
+            _write(memory / "memory.memsw.limit_in_bytes", "-1")
+        _write(memory / "memory.limit_in_bytes", _limit(limits.ram))
+        _write(memory / "memory.soft_limit_in_bytes", _limit(limits.ram_soft))
+        if limits.ram_and_swap is not None and (memory / "memory.memsw.limit_in_bytes").exists():
+            _write(memory / "memory.memsw.limit_in_bytes", str(limits.ram_and_swap))
+        _write(memory / "memory.kmem.tcp.limit_in_bytes", _limit(limits.tcp_buffers))
+
+    def set_task_limit(self, ctid: int, tasks: int | None) -> None:
+        _write(self._dir("pids", ctid) / "pids.max", "max" if tasks is None else str(tasks))
+
+    def counters(self, ctid: int) -> KernelCounters:
+        memory, pids = self._dir("memory", ctid), self._dir("pids", ctid)
+
+        def number(path: Path) -> int:
+            try:
+                return int(path.read_text().split()[0])
+            except (FileNotFoundError, IndexError, ValueError):
+                return 0
+
+        def keyed(path: Path, key: str) -> int:
+            try:
+                for line in path.read_text().splitlines():
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        return int(value)
+            except (FileNotFoundError, ValueError):
+                pass
+            return 0
+
+        return KernelCounters(
+            ram=number(memory / "memory.usage_in_bytes"),
+            ram_max=number(memory / "memory.max_usage_in_bytes"),
+            ram_failcnt=number(memory / "memory.failcnt"),
+            ram_and_swap=number(memory / "memory.memsw.usage_in_bytes"),
+            ram_and_swap_max=number(memory / "memory.memsw.max_usage_in_bytes"),
+            kmem=number(memory / "memory.kmem.usage_in_bytes"),
+            kmem_max=number(memory / "memory.kmem.max_usage_in_bytes"),
+            kmem_failcnt=number(memory / "memory.kmem.failcnt"),
+            tcp=number(memory / "memory.kmem.tcp.usage_in_bytes"),
+            tcp_max=number(memory / "memory.kmem.tcp.max_usage_in_bytes"),
+            tcp_failcnt=number(memory / "memory.kmem.tcp.failcnt"),
+            shmem=keyed(memory / "memory.stat", "total_shmem"),
+            tasks=number(pids / "pids.current"),
+            tasks_max=number(pids / "pids.peak"),
+            tasks_refused=keyed(pids / "pids.events", "max"),
+        )
+
     def populated(self) -> list[int]:
         found: list[int] = []
         parent = self.root / "pids" / self.parent
@@ -181,6 +273,10 @@ class CgroupsV1:
             if entry.is_dir() and entry.name.isdigit():
                 found.append(int(entry.name))
         return sorted(found)
+
+
+def _limit(value: int | None) -> str:
+    return "-1" if value is None else str(value)
 
 
 def _format_cpus(cpus: list[int]) -> str:

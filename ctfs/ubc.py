@@ -1,0 +1,140 @@
+"""User beancounters: OpenVZ's table, vzctl's limit syntax and the exact text of
+/proc/user_beancounters (Version 2.5, 64-bit widths).  Pure: no kernel here.
+
+Every container has a barrier:limit pair per resource, saved in ctid.conf under the
+resource's upper-case name (``NUMPROC="200:200"``), unlimited by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ctfs.errors import CtfsError, invalid
+from ctfs.sizes import PAGE_BYTES, UNLIMITED, parse_pair
+
+BYTES, PAGES, COUNT = "bytes", "pages", "count"
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str
+    unit: str  # BYTES, PAGES or COUNT
+
+    @property
+    def conf_key(self) -> str:
+        return self.name.upper()
+
+    @property
+    def unit_bytes(self) -> int:
+        return PAGE_BYTES if self.unit == PAGES else 1
+
+
+def _row(name: str) -> Resource:
+    if name.startswith("num"):
+        return Resource(name, COUNT)
+    return Resource(name, PAGES if name.endswith("pages") else BYTES)
+
+
+# The 24 rows of /proc/user_beancounters, in order; "dummy" rows are placeholders.
+ROWS: tuple[str, ...] = (
+    "kmemsize", "lockedpages", "privvmpages", "shmpages", "dummy", "numproc",
+    "physpages", "vmguarpages", "oomguarpages", "numtcpsock", "numflock", "numpty",
+    "numsiginfo", "tcpsndbuf", "tcprcvbuf", "othersockbuf", "dgramrcvbuf",
+    "numothersock", "dcachesize", "numfile", "dummy", "dummy", "dummy", "numiptent",
+)  # fmt: skip
+
+# Every resource a limit can be set on: the real rows, and swappages (not a row).
+RESOURCES: dict[str, Resource] = {
+    name: _row(name) for name in (*ROWS, "swappages") if name != "dummy"
+}
+
+
+@dataclass(frozen=True)
+class Counter:
+    held: int = 0
+    maxheld: int = 0
+    barrier: int = UNLIMITED
+    limit: int = UNLIMITED
+    failcnt: int = 0
+
+
+def limits_of(settings: Mapping[str, str]) -> dict[str, tuple[int, int]]:
+    """barrier:limit of every resource from ctid.conf; unset or unreadable is unlimited."""
+    result: dict[str, tuple[int, int]] = {}
+    for name, resource in RESOURCES.items():
+        raw = settings.get(resource.conf_key)
+        pair = (UNLIMITED, UNLIMITED)
+        if raw:
+            try:
+                pair = parse_pair(raw, 1, allow_suffix=False)
+            except CtfsError:  # a hand-edited value: fall back rather than fail a read
+                pair = (UNLIMITED, UNLIMITED)
+        result[name] = pair
+    return result
+
+
+def conf_value(pair: tuple[int, int]) -> str:
+    """How ctid.conf keeps a pair: numbers in the resource's unit, ``unlimited`` spelt out."""
+    return ":".join("unlimited" if v >= UNLIMITED else str(v) for v in pair)
+
+
+def parse_limits(text: str) -> dict[str, tuple[int, int]]:
+    """One or more ``<resource> <barrier>[:<limit>]`` lines, as vzctl takes them.
+
+    Sizes take K/M/G/T/P/B suffixes and fractions except on num* resources; a bare
+    number is in the resource's own unit.  A trailing ``enforced``/``accounted``
+    word (what reading the file shows) and ``#`` comments are ignored, so a file
+    read can be written back.  All lines are checked before anything is returned.
+    """
+    changes: dict[str, tuple[int, int]] = {}
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise invalid("empty value; write a line such as 'numproc 200' or 'physpages 0:512M'")
+    for line in lines:
+        words = line.split()
+        if len(words) == 3 and words[2] in ("enforced", "accounted"):
+            words = words[:2]
+        if len(words) != 2:
+            raise invalid(f"{line!r}: write '<resource> <barrier>:<limit>' or '<resource> <value>'")
+        name, value = words
+        resource = RESOURCES.get(name.lower())
+        if resource is None:
+            raise invalid(f"{name!r} is not a beancounter; known: {', '.join(RESOURCES)}")
+        try:
+            pair = parse_pair(value, resource.unit_bytes, allow_suffix=resource.unit != COUNT)
+        except CtfsError as exc:
+            raise CtfsError(exc.errno_value, f"{resource.name}: {exc.sentence}") from None
+        if resource.name in changes:
+            raise invalid(f"{resource.name} is given twice")
+        changes[resource.name] = pair
+    return changes
+
+
+def _number(value: int) -> str:
+    return str(min(value, UNLIMITED))
+
+
+# The kernel's own printf format, kept as it is so the two can be compared.
+HEADER = "%10s  %-12s %20s %20s %20s %20s %20s\n" % (  # noqa: UP031
+    "uid", "resource", "held", "maxheld", "barrier", "limit", "failcnt",
+)  # fmt: skip
+
+
+def render_block(ctid: int, counters: Mapping[str, Counter]) -> str:
+    """One container's 24 rows, exactly as /proc/user_beancounters prints them."""
+    lines = []
+    for index, name in enumerate(ROWS):
+        c = counters.get(name, Counter()) if name != "dummy" else Counter(0, 0, 0, 0, 0)
+        uid = f"{ctid}:" if index == 0 else ""
+        lines.append(
+            f"{uid:>10}  {name:<12} {_number(c.held):>20} {_number(c.maxheld):>20} "
+            f"{_number(c.barrier):>20} {_number(c.limit):>20} {_number(c.failcnt):>20}\n"
+        )
+    return "".join(lines)
+
+
+def render(blocks: Iterable[str]) -> str:
+    """The whole file: version line, header, then every block given."""
+    return "Version: 2.5\n" + HEADER + "".join(blocks)
