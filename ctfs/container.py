@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ctfs import beancounters, config, scheduling, ubc
+from ctfs import beancounters, config, diskquota, scheduling, ubc
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found, not_permitted
 from ctfs.events import EventLog
 from ctfs.kernel import accounting, procs, storage, uts
@@ -360,16 +360,23 @@ class Container:
             try:
                 await trio.to_thread.run_sync(apply, new)
             except (OSError, ValueError) as exc:
-                await trio.to_thread.run_sync(apply, old)
+                await self._undo(apply, old)
                 raise kernel_failed(f"the kernel refused it: {exc}") from exc
         try:
             self.persist(**changes)
         except OSError as exc:
             if live:
                 assert apply is not None
-                await trio.to_thread.run_sync(apply, old)
+                await self._undo(apply, old)
             raise kernel_failed(f"cannot save ctid.conf: {exc}") from exc
         self.events.record(summary)
+
+    async def _undo(self, apply: Callable[[Mapping[str, str]], None], old: dict[str, str]) -> None:
+        """Put the old settings back in the kernel; if even that fails, say so."""
+        try:
+            await trio.to_thread.run_sync(apply, old)
+        except (OSError, ValueError) as exc:
+            self.events.record(f"could not restore the previous settings: {exc}", logging.ERROR)
 
     async def set_hostname(self, name: str) -> None:
         old = self.hostname
@@ -409,6 +416,9 @@ class Container:
         fresh, old = self.dir / ".root.new", self.dir / ".root.old"
         storage.delete_subvolume(fresh)
         storage.snapshot(template_root, fresh)
+        if "DISKSPACE" in self.settings:
+            # A new subvolume has a new quota group: give it the saved limit.
+            diskquota.apply(self.host.state_dir, fresh, self.settings)
         self.root.rename(old)
         fresh.rename(self.root)
         try:

@@ -321,3 +321,10 @@ def test_inodes_above_a_limit_are_noted_once(ctfsd: Ctfsd, container: Path) -> N
     events = (container / "events").read_text()
     assert events.count("quota: diskinodes usage") == 1
     assert f"diskinodes usage {used + 5} inodes is above the soft limit {used + 2}" in events
+
+
+def test_a_template_change_keeps_the_disk_limit(ctfsd: Ctfsd, container: Path) -> None:
+    _set(container, "diskspace 50M\n")
+    assert write_errno(container / "template", b"busybox-alt") == 0
+    assert _limits(container)["diskspace"] == (51200, 51200)
+    assert _qgroup_limit(_private(ctfsd, container)) == str(50 * 2**20)

@@ -27,13 +27,13 @@ from __future__ import annotations
 import functools
 import logging
 import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
 
+from ctfs import diskquota
+from ctfs.diskquota import INODES, KIB, MAX_SPACE_BLOCKS, RESOURCES, SPACE, Resource, limits_in
 from ctfs.errors import CtfsError, invalid, kernel_failed, out_of_range
 from ctfs.files.base import ContainerFile
 from ctfs.kernel import quota
@@ -44,41 +44,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KIB = 1024
-# btrfs limits are bytes in a u64; ctfs keeps them within LONG_MAX bytes (8 EiB).
-MAX_SPACE_BLOCKS = UNLIMITED // KIB
-
-
-@dataclass(frozen=True)
-class Resource:
-    name: str  # as written and read in the file
-    key: str  # in ctid.conf
-    unit_bytes: int  # what a number without suffix counts
-    allow_suffix: bool
-    unit: str  # for sentences
-
-
-SPACE = Resource("diskspace", "DISKSPACE", KIB, True, "1K blocks")
-INODES = Resource("diskinodes", "DISKINODES", 1, False, "inodes")
-RESOURCES = {r.name: r for r in (SPACE, INODES)}
 USAGE = "write 'diskspace SOFT:HARD' or 'diskinodes SOFT:HARD', one per line"
 
 # The level each container's usage was last seen at, per resource: 0 within its
 # limits, 1 above the soft limit, 2 above the hard limit.  Kept only while ctfsd
 # runs; a forgotten container's entry goes with it.
 _last_level: weakref.WeakKeyDictionary[Container, dict[str, int]] = weakref.WeakKeyDictionary()
-
-
-def limits_in(settings: Mapping[str, str], resource: Resource) -> tuple[int, int]:
-    """(soft, hard) as saved in ctid.conf; unlimited when unset or unreadable."""
-    saved = settings.get(resource.key)
-    if saved is None:
-        return UNLIMITED, UNLIMITED
-    try:
-        return parse_pair(saved, resource.unit_bytes, resource.allow_suffix)
-    except CtfsError as exc:
-        log.warning("ignoring %s=%r in ctid.conf: %s", resource.key, saved, exc.sentence)
-        return UNLIMITED, UNLIMITED
 
 
 def parse_command(text: str) -> dict[str, str]:
@@ -117,17 +88,6 @@ def parse_command(text: str) -> dict[str, str]:
 
 def _shown(value: int) -> str:
     return "unlimited" if value == UNLIMITED else str(value)
-
-
-def _space_limit_bytes(settings: Mapping[str, str]) -> int | None:
-    _soft, hard = limits_in(settings, SPACE)
-    return None if hard > MAX_SPACE_BLOCKS else hard * KIB
-
-
-def _enforce_space(pool: Path, subvolume: Path, settings: Mapping[str, str]) -> None:
-    """Give the private area the hard diskspace limit of ``settings`` (off the trio loop)."""
-    quota.ensure_enabled(pool)
-    quota.set_space_limit(subvolume, _space_limit_bytes(settings))
 
 
 def _measure(pool: Path, subvolume: Path) -> tuple[quota.SpaceUsage, int]:
@@ -186,7 +146,7 @@ async def _set_quota(ct: Container, text: str) -> None:
             described.append(f"{resource.name} {old} -> {new}")
     enforce = None
     if SPACE.key in changes:
-        enforce = functools.partial(_enforce_space, ct.host.state_dir, ct.root)
+        enforce = functools.partial(diskquota.apply, ct.host.state_dir, ct.root)
     # The limit lives on the subvolume: it applies whether the container runs or not.
     await ct.update_settings(changes, "quota: " + ", ".join(described), enforce, always=True)
 
