@@ -66,8 +66,10 @@ def held_now(kernel: KernelCounters, procs: ProcessCounts) -> dict[str, tuple[in
         "numflock": (procs.file_locks, 0, 0),
         "numpty": (procs.ptys, 0, 0),
         "numsiginfo": (procs.pending_signals, 0, 0),
-        "tcpsndbuf": (procs.tcp_send_bytes, 0, kernel.tcp_failcnt),
-        "tcprcvbuf": (procs.tcp_receive_bytes, 0, 0),
+        # The kernel charges TCP send and receive buffers together: all of it shows
+        # here, and the limit it enforces is tcpsndbuf's plus tcprcvbuf's.
+        "tcpsndbuf": (kernel.tcp, kernel.tcp_max, kernel.tcp_failcnt),
+        "tcprcvbuf": (0, 0, 0),
         "othersockbuf": (procs.udp_send_bytes, 0, 0),
         "dgramrcvbuf": (procs.udp_receive_bytes, 0, 0),
         "numothersock": (max(0, procs.sockets - procs.tcp_sockets), 0, 0),

@@ -143,3 +143,11 @@ def test_an_accounted_limit_crossed_gets_a_maxheld_and_an_event(running: Path) -
     assert failcnt == 0  # ctfs watches numfile; nothing was refused
     assert wait_for(lambda: "numfile: held" in (running / "events").read_text())
     assert "above its limit 3 (accounted only)" in (running / "events").read_text()
+
+
+def test_numtcpsock_counts_the_containers_own_tcp_sockets(running: Path) -> None:
+    before = _counter(running, "numtcpsock")[0]
+    listen = "(nc -l -p 7000 </dev/null >/dev/null 2>&1 &)"
+    assert ctfs_exec(running, "sh", "-c", listen).returncode == 0
+    assert wait_for(lambda: _counter(running, "numtcpsock")[0] == before + 1)
+    assert _counter(running, "numfile")[0] > 0
