@@ -61,7 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from bench.start_stop import BenchError, must, run, safely, write_state
+from bench.start_stop import BenchError, must, run, run_bench, safely, write_state
 from ctfs.kernel import storage
 from ctfs.scheduling import Scheduling
 from tests.ctfsd_harness import CTFS, Ctfsd, write_errno
@@ -835,11 +835,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaned up (any cleanup failure is reported above)", file=sys.stderr)
-        sys.exit(130)
-    except BenchError as exc:
-        print(f"bench.fairness: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_bench("bench.fairness", main)

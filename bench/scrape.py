@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from bench.start_stop import BenchError, safely
+from bench.start_stop import BenchError, run_bench, safely
 from tests.ctfsd_harness import Ctfsd, write_errno
 
 FIRST_CTID = 1001
@@ -541,11 +541,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaned up (any cleanup failure is reported above)", file=sys.stderr)
-        sys.exit(130)
-    except BenchError as exc:
-        print(f"bench.scrape: {exc}", file=sys.stderr)
-        sys.exit(1)
+    run_bench("bench.scrape", main)

@@ -689,12 +689,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run_bench(name: str, main: Callable[[], int]) -> None:
+    """Exit with what ``main`` returns: 130 on Ctrl-C, 1 with a sentence on BenchError."""
     try:
         sys.exit(main())
     except KeyboardInterrupt:
         print("\ninterrupted; cleaned up (any cleanup failure is reported above)", file=sys.stderr)
         sys.exit(130)
     except BenchError as exc:
-        print(f"bench.start_stop: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_bench("bench.start_stop", main)
