@@ -361,7 +361,8 @@ class Container:
                 await trio.to_thread.run_sync(apply, new)
             except (OSError, ValueError) as exc:
                 await self._undo(apply, old)
-                raise kernel_failed(f"the kernel refused it: {exc}") from exc
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise kernel_failed(f"the kernel refused it: {reason}") from exc
         try:
             self.persist(**changes)
         except OSError as exc:

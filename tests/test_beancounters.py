@@ -151,3 +151,14 @@ def test_numtcpsock_counts_the_containers_own_tcp_sockets(running: Path) -> None
     assert ctfs_exec(running, "sh", "-c", listen).returncode == 0
     assert wait_for(lambda: _counter(running, "numtcpsock")[0] == before + 1)
     assert _counter(running, "numfile")[0] > 0
+
+
+def test_a_limit_the_kernel_refuses_is_eio_and_leaves_the_old_one(
+    ctfsd: Ctfsd, running: Path
+) -> None:
+    # Far below what the container already uses: the kernel cannot reclaim that much.
+    assert write_errno(running / "limits", b"physpages 0:100K") == errno.EIO
+    assert "physpages unlimited:unlimited enforced" in (running / "limits").read_text()
+    assert "the kernel refused it" in (running / "events").read_text().splitlines()[-1]
+    limit = (ctfsd.cgroup_dir("memory", int(running.name)) / "memory.limit_in_bytes").read_text()
+    assert int(limit) > 2**60
