@@ -61,8 +61,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from bench.start_stop import BenchError, must, run, run_bench, safely, write_state
+from bench.start_stop import BenchError, must, print_log_tail, run, run_bench, safely, write_state
 from ctfs.kernel import storage
+from ctfs.kernel.cgroups import remove_cgroup_dir
 from ctfs.scheduling import Scheduling
 from tests.ctfsd_harness import CTFS, Ctfsd, write_errno
 
@@ -317,16 +318,7 @@ class RawCgroups:
         if self.scratch.exists():
             shutil.rmtree(self.scratch)
         for path in reversed(self.made):  # children before parents
-            for attempt in range(100):
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY or attempt == 99:
-                        raise
-                    time.sleep(0.02)
+            remove_cgroup_dir(path)
         self.made.clear()
 
 
@@ -789,10 +781,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "ioprio" in args.parts:
             io = bench_ioprio(cts, raw, args.io_trials, args.io_writers, args.settle, args.seconds)
     except Exception:
-        log = daemon.log_text().strip()
-        if log:
-            tail = "\n".join(log.splitlines()[-30:])
-            print(f"ctfsd log (last lines):\n{tail}", file=sys.stderr)
+        print_log_tail(daemon)
         raise
     finally:
         for signum in HANDLED_SIGNALS:  # a second Ctrl-C must not cut the cleanup short

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from bench.start_stop import BenchError, run_bench, safely
+from bench.start_stop import BenchError, print_log_tail, run_bench, safely
 from tests.ctfsd_harness import Ctfsd, write_errno
 
 FIRST_CTID = 1001
@@ -500,10 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(result)
             print_result(result)
     except Exception:
-        log = daemon.log_text().strip()
-        if log:
-            tail = "\n".join(log.splitlines()[-30:])
-            print(f"ctfsd log (last lines):\n{tail}", file=sys.stderr)
+        print_log_tail(daemon)
         raise
     finally:
         for signum in HANDLED_SIGNALS:  # a second Ctrl-C must not cut the cleanup short

@@ -640,10 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sources, args.cat_reads, lambda path: read_with_cat(cat, path), "cat", "ms"
         )
     except Exception:
-        log = daemon.log_text().strip()
-        if log:
-            tail = "\n".join(log.splitlines()[-30:])
-            print(f"ctfsd log (last lines):\n{tail}", file=sys.stderr)
+        print_log_tail(daemon)
         raise
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
@@ -687,6 +684,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(NOTES)
     return 0
+
+
+def print_log_tail(daemon: Ctfsd, lines: int = 30) -> None:
+    """The end of ctfsd's log on stderr, to say why a benchmark failed."""
+    log = daemon.log_text().strip()
+    if log:
+        tail = "\n".join(log.splitlines()[-lines:])
+        print(f"ctfsd log (last lines):\n{tail}", file=sys.stderr)
 
 
 def run_bench(name: str, main: Callable[[], int]) -> None:

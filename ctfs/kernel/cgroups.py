@@ -155,17 +155,7 @@ class CgroupsV1:
 
     def remove(self, ctid: int) -> None:
         for path in self._dirs(ctid):
-            # A task that has just exited can keep a v1 cgroup busy for a moment.
-            for attempt in range(50):
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as exc:
-                    if exc.errno != errno.EBUSY or attempt == 49:
-                        raise
-                    time.sleep(0.01)
+            remove_cgroup_dir(path)
 
     def pids(self, ctid: int) -> list[int]:
         try:
@@ -273,6 +263,24 @@ class CgroupsV1:
             if entry.is_dir() and entry.name.isdigit():
                 found.append(int(entry.name))
         return sorted(found)
+
+
+def remove_cgroup_dir(path: Path, wait_s: float = 2.0) -> None:
+    """rmdir an empty cgroup, waiting out EBUSY; a missing one is already gone.
+
+    A task that has just exited can keep a v1 cgroup busy for a moment.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _limit(value: int | None) -> str:
