@@ -75,7 +75,7 @@ def held_now(kernel: KernelCounters, procs: ProcessCounts) -> dict[str, tuple[in
         "numothersock": (max(0, procs.sockets - procs.tcp_sockets), 0, 0),
         "dcachesize": (0, 0, 0),
         "numfile": (procs.files, 0, 0),
-        "numiptent": (0, 0, 0),
+        "numiptent": (procs.firewall_rules, 0, 0),
         "swappages": (max(0, kernel.ram_and_swap - kernel.ram) // pages, 0, 0),
     }
 

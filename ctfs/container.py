@@ -27,12 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ctfs import beancounters, config, diskquota, scheduling, ubc
+from ctfs import beancounters, config, diskquota, netaddr, scheduling, ubc
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found, not_permitted
 from ctfs.events import EventLog
-from ctfs.kernel import accounting, procs, storage, uts
+from ctfs.kernel import accounting, etcfiles, procs, storage, uts
 from ctfs.kernel.launch import LaunchError
+from ctfs.kernel.network import NetworkError
 from ctfs.kernel.security import DROPPED_CAPABILITIES
+from ctfs.netaddr import Address
 
 if TYPE_CHECKING:
     from ctfs.host import Host
@@ -106,6 +108,23 @@ class Container:
         return settings.get("HOSTNAME", f"ct{self.ctid}")
 
     @property
+    def addresses(self) -> list[Address]:
+        return netaddr.from_setting(self.settings.get("IP_ADDRESS", ""))
+
+    def nameservers_in(self, settings: Mapping[str, str]) -> list[str] | None:
+        """The name servers ``settings`` give the container; None: leave resolv.conf be."""
+        value = settings.get("NAMESERVER")
+        if value is None:
+            return None
+        if value == netaddr.INHERIT:
+            try:
+                text = Path("/etc/resolv.conf").read_text(errors="replace")
+            except OSError:
+                text = ""
+            return netaddr.nameservers_of_resolv_conf(text)
+        return value.split()
+
+    @property
     def ever_started(self) -> bool:
         return self.settings.get("STARTED_ONCE") == "yes"
 
@@ -169,6 +188,10 @@ class Container:
         began = time.monotonic()
         cgroups = self.host.cgroups
         try:
+            await trio.to_thread.run_sync(self._write_etc_files, self.settings)
+        except OSError as exc:
+            raise kernel_failed(f"cannot update the container's /etc: {exc}") from exc
+        try:
             await trio.to_thread.run_sync(self._prepare_cgroups)
         except OSError as exc:
             await self._clean_up_cgroups()
@@ -188,16 +211,25 @@ class Container:
                 "container": "ctfs",
             },
         }
+        addresses = self.addresses
+
+        async def network_up(pid: int) -> None:
+            await trio.to_thread.run_sync(self.host.network.configure, self.ctid, pid, addresses)
+
         reply: dict[str, Any] = {"error": f"init did not start within {START_TIMEOUT_S:g} s"}
         with trio.move_on_after(START_TIMEOUT_S):
             try:
-                reply = await self.host.launcher.launch(spec)
+                # The network is up before the template's init runs its first script.
+                reply = await self.host.launcher.launch(spec, network_up if addresses else None)
             except LaunchError as exc:
                 reply = {"error": str(exc)}
+            except NetworkError as exc:
+                reply = {"error": f"network: {exc}"}
         if "pid" not in reply:
             # Whatever the launcher got to run is in the cgroup: end it all.
             await trio.to_thread.run_sync(cgroups.kill_all, self.ctid)
             await self._clean_up_cgroups()
+            await self._remove_network()
             raise kernel_failed(f"start failed: {reply.get('error', 'no reason given')}")
         pid = int(reply["pid"])
         self.tracker.reset()
@@ -292,6 +324,7 @@ class Container:
         await init.exited.wait()
         try:
             await self._clean_up_cgroups()
+            await self._remove_network()
         finally:
             # Init is gone whatever happened to its cgroups: the state is stopped.
             os.close(init.pidfd)
@@ -310,6 +343,66 @@ class Container:
             await trio.to_thread.run_sync(cgroups.remove, self.ctid)
         except OSError as exc:
             self.events.record(f"cannot remove cgroups: {exc}", logging.ERROR)
+
+    async def _remove_network(self) -> None:
+        try:
+            await trio.to_thread.run_sync(self.host.network.remove, self.ctid)
+        except OSError as exc:
+            self.events.record(f"cannot remove the network: {exc}", logging.ERROR)
+
+    # ------------------------------------------------------------ network
+
+    def _write_etc_files(self, settings: Mapping[str, str]) -> None:
+        """/etc/hosts (and resolv.conf, if name servers are set) as ``settings`` say."""
+        hostname = self._hostname_in(settings)
+        main = netaddr.main_address(netaddr.from_setting(settings.get("IP_ADDRESS", "")))
+        etcfiles.update(self.root, "hosts", lambda old: netaddr.render_hosts(old, hostname, main))
+        servers = self.nameservers_in(settings)
+        if servers is not None:
+            etcfiles.update(
+                self.root, "resolv.conf", lambda old: netaddr.render_resolv_conf(old, servers)
+            )
+
+    def _apply_network(self, settings: Mapping[str, str]) -> None:
+        """Kernel and /etc to ``settings``' addresses; the network only while running."""
+        self._write_etc_files(settings)
+        pid = self.init_pid
+        if pid is not None:
+            addresses = netaddr.from_setting(settings.get("IP_ADDRESS", ""))
+            self.host.network.configure(self.ctid, pid, addresses)
+
+    async def set_addresses(self, text: str) -> None:
+        """Carry out a write to ``ip`` (see ``netaddr.apply_ip_command``)."""
+        self._refuse_while_changing()
+        async with self.host.address_lock:
+            current = self.addresses
+            wanted = netaddr.apply_ip_command(text, current)
+            added = [a for a in wanted if a not in current]
+            removed = [a for a in current if a not in wanted]
+            for address in added:
+                owner = self.host.address_owner(address)
+                if owner is not None and owner != self.ctid:
+                    raise netaddr.address_in_use(address, f"container {owner}")
+            if added:
+                own = await trio.to_thread.run_sync(self.host.network.host_addresses)
+                for address in added:
+                    if address in own:
+                        raise netaddr.address_in_use(address, "the host itself")
+            changes = [f"+{a}" for a in added] + [f"-{a}" for a in removed]
+            await self.update_settings(
+                {"IP_ADDRESS": netaddr.to_setting(wanted)},
+                f"ip: {' '.join(changes)}",
+                self._apply_network,
+                always=True,
+            )
+
+    async def set_nameservers(self, value: str) -> None:
+        await self.update_settings(
+            {"NAMESERVER": value},
+            f"nameserver: {value or '(none)'}",
+            self._write_etc_files,
+            always=True,
+        )
 
     # ------------------------------------------------------- beancounters
 
@@ -385,14 +478,16 @@ class Container:
         await self.update_settings(
             {"HOSTNAME": name},
             f"hostname: {old} -> {name}",
-            lambda settings: uts.set_hostname(self._live_init_pid(), self._hostname_in(settings)),
+            self._apply_hostname,
+            always=True,
         )
 
-    def _live_init_pid(self) -> int:
+    def _apply_hostname(self, settings: Mapping[str, str]) -> None:
+        """The kernel's host name (while running) and /etc/hosts."""
         pid = self.init_pid
-        if pid is None:
-            raise ValueError("the container stopped meanwhile")
-        return pid
+        if pid is not None:
+            uts.set_hostname(pid, self._hostname_in(settings))
+        self._write_etc_files(settings)
 
     async def set_template(self, name: str) -> None:
         if name == self.template_name:

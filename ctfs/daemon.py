@@ -86,6 +86,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds a graceful stop may take before the container is killed (default 30)",
     )
     parser.add_argument(
+        "--uplink",
+        default="auto",
+        help="interface that answers ARP/NDP for container addresses: a name, "
+        "auto (the interfaces of the default routes, the default) or none",
+    )
+    parser.add_argument(
         "--foreground", "-f", action="store_true", help="stay in the foreground and log to stderr"
     )
     parser.add_argument(
@@ -158,6 +164,7 @@ async def serve(args: argparse.Namespace, cgroups: CgroupsV1, ready: int | None)
         state_dir=args.state_dir,
         default_template=args.default_template,
         stop_timeout=args.stop_timeout,
+        uplink=args.uplink,
     )
     host = Host(options, cgroups)
     operations = CtfsOperations(host)

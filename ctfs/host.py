@@ -21,7 +21,9 @@ from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found
 from ctfs.kernel import accounting, storage
 from ctfs.kernel.cgroups import Cgroups
 from ctfs.kernel.launch import Launcher
+from ctfs.kernel.network import UPLINK_AUTO, Network, NetworkError
 from ctfs.kernel.templates import TemplateStore
+from ctfs.netaddr import Address
 from ctfs.values import CTID_MAX, parse_ctid
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class HostOptions:
     state_dir: Path
     default_template: str = "busybox"
     stop_timeout: float = 30.0
+    uplink: str = UPLINK_AUTO
 
 
 class Host:
@@ -47,6 +50,9 @@ class Host:
         self.templates = TemplateStore(self.state_dir)
         self.containers: dict[int, Container] = {}
         self.launcher = Launcher()
+        self.network = Network(options.uplink)
+        # Address changes take turns, so two containers never claim one address.
+        self.address_lock = trio.Lock()
 
     @property
     def nursery(self) -> trio.Nursery:
@@ -94,6 +100,13 @@ class Host:
     def sorted_ctids(self) -> list[int]:
         return sorted(self.containers)
 
+    def address_owner(self, address: Address) -> int | None:
+        """The container that has ``address``, running or not."""
+        for ctid, container in self.containers.items():
+            if address in container.addresses:
+                return ctid
+        return None
+
     # --------------------------------------------------------- discovery
 
     def discover(self) -> None:
@@ -120,6 +133,27 @@ class Host:
             found.rediscover()
             if found.init_pid is None and not self.cgroups.pids(ctid):
                 self.cgroups.remove(ctid)
+        self._rediscover_networks()
+
+    def _rediscover_networks(self) -> None:
+        """Know the running containers' networks again; clear what stopped ones left."""
+        running: dict[int, tuple[Address, ...]] = {}
+        for ctid, container in self.containers.items():
+            addresses = tuple(container.addresses)
+            if not addresses:
+                continue
+            try:
+                if container.init_pid is not None:
+                    running[ctid] = addresses
+                else:
+                    # It stopped while no ctfsd watched: its proxies are still there.
+                    self.network.forget_proxies(ctid, addresses)
+            except NetworkError as exc:
+                log.error("CT %d: cannot clean up its network: %s", ctid, exc)
+        try:
+            self.network.adopt(running)
+        except NetworkError as exc:
+            log.error("cannot restore the containers' source-address filter: %s", exc)
 
     # --------------------------------------------------- create / destroy
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from ctfs.files import beancounters, lifecycle, quota, root, scheduling
+from ctfs.files import beancounters, lifecycle, network, quota, root, scheduling
 from ctfs.files.base import ContainerFile, RootFile
 
 ROOT_FILES: tuple[RootFile, ...] = root.FILES + beancounters.ROOT_FILES
 CONTAINER_FILES: tuple[ContainerFile, ...] = (
-    lifecycle.FILES + scheduling.FILES + beancounters.FILES + quota.FILES
+    lifecycle.FILES + scheduling.FILES + beancounters.FILES + quota.FILES + network.FILES
 )
 
 __all__ = ["CONTAINER_FILES", "ROOT_FILES", "ContainerFile", "RootFile"]

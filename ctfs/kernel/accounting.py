@@ -18,6 +18,8 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ctfs.kernel import firewall
+
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
@@ -33,6 +35,7 @@ class ProcessCounts:
     private_pages: int = 0
     udp_send_bytes: int = 0
     udp_receive_bytes: int = 0
+    firewall_rules: int = 0
 
 
 def _status_fields(pid: int) -> dict[str, str]:
@@ -138,8 +141,12 @@ def count(pids: Iterable[int], init_pid: int | None, locks: dict[int, int]) -> P
         files += f
         sockets += s
         file_locks += locks.get(pid, 0)
-    tcp = udp_tx = udp_rx = ptys = 0
+    tcp = udp_tx = udp_rx = ptys = rules = 0
     if init_pid is not None:
+        try:
+            rules = firewall.rules(init_pid)
+        except OSError:
+            rules = 0  # init is gone meanwhile
         tcp = _sockets_in_use(init_pid, "sockstat", "TCP")
         tcp += _sockets_in_use(init_pid, "sockstat6", "TCP6")
         for table in ("udp", "udp6"):
@@ -150,6 +157,7 @@ def count(pids: Iterable[int], init_pid: int | None, locks: dict[int, int]) -> P
         files=files,
         sockets=sockets,
         tcp_sockets=tcp,
+        firewall_rules=rules,
         file_locks=file_locks,
         ptys=ptys,
         pending_signals=signals,

@@ -11,11 +11,23 @@ import logging
 import socket
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 log = logging.getLogger(__name__)
+
+
+BeforeExec = Callable[[int], Awaitable[None]]
+
+
+async def _answer(talk: trio.socket.SocketType) -> dict[str, Any]:
+    reply = await talk.recv(1 << 16)
+    if not reply:
+        raise LaunchError("the launcher ended without an answer")
+    result: dict[str, Any] = json.loads(reply)
+    return result
 
 
 class LaunchError(Exception):
@@ -55,8 +67,16 @@ class Launcher:
             self.close()
         return self._control or self._spawn()
 
-    async def launch(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Send ``spec``; return the launcher's reply (``pid`` or ``error``)."""
+    async def launch(
+        self, spec: dict[str, Any], before_exec: BeforeExec | None = None
+    ) -> dict[str, Any]:
+        """Send ``spec``; return the launcher's reply (``pid`` or ``error``).
+
+        With ``before_exec``, init waits before exec'ing the template's init until
+        ``before_exec(host PID of init)`` has returned; if it raises, init exits
+        without exec and the exception propagates (the caller cleans the cgroups).
+        """
+        spec = {**spec, "hold": before_exec is not None}
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with mine:
             try:
@@ -64,11 +84,17 @@ class Launcher:
                     self._send(json.dumps(spec).encode(), theirs)
             finally:
                 theirs.close()
-            reply_socket = trio.socket.from_stdlib_socket(mine)
-            reply = await reply_socket.recv(1 << 16)
-        if not reply:
-            raise LaunchError("the launcher ended without an answer")
-        result: dict[str, Any] = json.loads(reply)
+            talk = trio.socket.from_stdlib_socket(mine)
+            result = await _answer(talk)
+            if before_exec is not None and "held" in result:
+                try:
+                    await before_exec(int(result["held"]))
+                except BaseException:
+                    await talk.send(b"abort")
+                    await _answer(talk)
+                    raise
+                await talk.send(b"go")
+                result = await _answer(talk)
         return result
 
     def _send(self, message: bytes, reply_end: socket.socket) -> None:

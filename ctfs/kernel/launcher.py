@@ -17,6 +17,7 @@ It must import quickly: the standard library and ``ctfs.kernel.libc`` only.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -177,8 +178,12 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
 
 
-def _become_init(spec: dict[str, Any], errpipe: int) -> None:
-    """Runs in the child (PID 1 of the new pid namespace); never returns."""
+def _become_init(spec: dict[str, Any], errpipe: int, go: int | None) -> None:
+    """Runs in the child (PID 1 of the new pid namespace); never returns.
+
+    With ``go``, waits before exec until ctfsd (through the parent) says go: ctfsd
+    sets up what lives outside the container, such as its network, meanwhile.
+    """
     os.umask(0o022)
     _mount_filesystems(spec["root"])
     _pivot(spec["root"])
@@ -187,6 +192,8 @@ def _become_init(spec: dict[str, Any], errpipe: int) -> None:
     for cap in spec["drop_caps"]:
         _step(f"drop capability {cap}", libc.prctl, libc.PR_CAPBSET_DROP, cap)
     os.setsid()
+    if go is not None and os.read(go, 1) != b"g":
+        raise Step("ctfsd abandoned the start")
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -197,8 +204,12 @@ def _become_init(spec: dict[str, Any], errpipe: int) -> None:
     _step(f"exec {argv[0]}", os.execve, argv[0], argv, spec["env"])
 
 
-def launch(spec: dict[str, Any]) -> dict[str, Any]:
-    """Start the container described by ``spec``; return the reply for ctfsd."""
+def launch(spec: dict[str, Any], talk: socket.socket) -> dict[str, Any]:
+    """Start the container described by ``spec``; return the final reply for ctfsd.
+
+    With ``spec["hold"]``, init waits before its exec: ``{"held": PID}`` goes to
+    ctfsd on ``talk`` first, and init goes on once ctfsd answers ``go``.
+    """
     try:
         # This process is single-threaded: it moves itself (see CgroupsV1.join_files).
         for join_file in spec["cgroup_join"]:
@@ -209,11 +220,14 @@ def launch(spec: dict[str, Any]) -> dict[str, Any]:
         return {"error": f"cannot enter cgroups and namespaces: {exc.strerror or exc}"}
 
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    go_read, go_write = os.pipe2(os.O_CLOEXEC) if spec.get("hold") else (None, None)
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
+        if go_write is not None:
+            os.close(go_write)
         try:
-            _become_init(spec, write_end)
+            _become_init(spec, write_end, go_read)
         except Step as exc:
             os.write(write_end, str(exc).encode())
         except BaseException as exc:  # report anything, the parent is waiting
@@ -221,6 +235,13 @@ def launch(spec: dict[str, Any]) -> dict[str, Any]:
         os._exit(127)
 
     os.close(write_end)
+    if go_read is not None and go_write is not None:
+        os.close(go_read)
+        talk.sendall(json.dumps({"held": pid}).encode())
+        answer = talk.recv(16)
+        # Anything but go (ctfsd gave up, or is gone) makes init exit unexec'd.
+        os.write(go_write, b"g" if answer == b"go" else b"x")
+        os.close(go_write)
     # EOF means the child's exec closed the pipe; text means it failed first.
     chunks = []
     while chunk := os.read(read_end, 4096):
@@ -254,11 +275,13 @@ def serve(control: socket.socket) -> None:
         reply_fd = fds[0]
         if os.fork() == 0:
             control.close()
+            talk = socket.socket(fileno=reply_fd)
             try:
-                reply = launch(json.loads(message))
+                reply = launch(json.loads(message), talk)
             except BaseException as exc:  # always answer: ctfsd is waiting
                 reply = {"error": f"launcher: {exc!r}"}
-            os.write(reply_fd, json.dumps(reply).encode())
+            with contextlib.suppress(OSError):
+                talk.sendall(json.dumps(reply).encode())
             os._exit(0)
         os.close(reply_fd)
 

@@ -1,0 +1,344 @@
+"""Routed container networking, in the spirit of OpenVZ's venet, through pyroute2.
+
+Each container with addresses gets a veth pair: ``eth0`` inside, ``ctfs<CTID>`` on
+the host.  Inside, eth0 carries exactly the container's addresses (/32, /128) and a
+default route through the host.  On the host, a route per container address points
+at its veth, the veth answers ARP for everything (proxy_arp: the container's next
+hop is always the host) and a proxy ARP/NDP entry per address on the uplink lets
+other machines on the uplink's network reach the container.  Traffic between two
+containers therefore always passes the host's routing; no container ever shares a
+link with another, so it cannot capture another's packets.
+
+Source addresses are checked on the host side by one nftables table, ``inet ctfs``:
+a packet entering from a ``ctfs*`` veth passes only if its (interface, source)
+pair is in the allowed set (IPv6 link-local excepted, for neighbour discovery).
+The table is replaced as a whole in one atomic transaction at every change.
+
+Invariants: ``configure`` and ``remove`` are idempotent and converge the kernel to
+what they are given; all of them run in worker threads, serialised by one lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import subprocess
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ctfs.kernel import netns
+from ctfs.netaddr import Address
+
+log = logging.getLogger(__name__)
+
+HOST_PREFIX = "ctfs"
+GUEST_IFNAME = "eth0"
+# The container's IPv6 next hop: the host end's own link-local address.
+HOST_LINK_LOCAL6 = "fe80::1"
+TABLE = "ctfs"
+UPLINK_AUTO = "auto"
+UPLINK_NONE = "none"
+
+_NTF_PROXY = 0x08
+_IFA_F_NODAD = 0x02
+_RT_SCOPE_LINK = 253
+_ENOENT, _ESRCH, _EEXIST, _EADDRNOTAVAIL = 2, 3, 17, 99
+
+
+def host_ifname(ctid: int) -> str:
+    """The host end of a container's veth (at most 14 characters: IFNAMSIZ is 16)."""
+    return f"{HOST_PREFIX}{ctid}"
+
+
+def antispoof_ruleset(allowed: dict[int, tuple[Address, ...]]) -> str:
+    """The nft script that replaces table ``inet ctfs`` with one allowing ``allowed``."""
+    pairs = [(c, a) for c, addrs in sorted(allowed.items()) for a in addrs]
+    v4: list[tuple[int, Address]] = [(c, a) for c, a in pairs if a.version == 4]
+    v6: list[tuple[int, Address]] = [(c, a) for c, a in pairs if a.version == 6]
+
+    def elements(pairs: list[tuple[int, Address]]) -> str:
+        if not pairs:
+            return ""
+        listed = ", ".join(f'"{host_ifname(c)}" . {a}' for c, a in pairs)
+        return f"elements = {{ {listed} }}"
+
+    return f"""\
+add table inet {TABLE}
+delete table inet {TABLE}
+table inet {TABLE} {{
+    set allowed4 {{ type ifname . ipv4_addr; {elements(v4)} }}
+    set allowed6 {{ type ifname . ipv6_addr; {elements(v6)} }}
+    chain antispoof {{
+        type filter hook prerouting priority raw; policy accept;
+        iifname != "{HOST_PREFIX}*" accept
+        iifname . ip saddr @allowed4 accept
+        ip6 saddr fe80::/10 accept
+        iifname . ip6 saddr @allowed6 accept
+        meta nfproto {{ ipv4, ipv6 }} counter drop
+    }}
+}}
+"""
+
+
+class NetworkError(OSError):
+    """A network change the kernel or nft refused; the text says which and why."""
+
+
+@contextlib.contextmanager
+def _netlink(what: str) -> Iterator[IPRoute]:
+    try:
+        with IPRoute() as ipr:
+            yield ipr
+    except NetlinkError as exc:
+        raise NetworkError(f"{what}: {os.strerror(exc.code)}") from exc
+
+
+def _ignoring(*codes: int) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def guard() -> Iterator[None]:
+        try:
+            yield
+        except NetlinkError as exc:
+            if exc.code not in codes:
+                raise
+
+    return guard()
+
+
+def _write_sysctl(path: str, value: str) -> bool:
+    """Set a /proc/sys value of this thread's network namespace; True if it changed."""
+    file = Path("/proc/sys/net") / path
+    if file.read_text().strip() == value:
+        return False
+    file.write_text(value)
+    return True
+
+
+class Network:
+    """The host side of every container's network; one per ctfsd."""
+
+    def __init__(self, uplink: str = UPLINK_AUTO) -> None:
+        self.uplink = uplink
+        self._lock = threading.Lock()
+        self._allowed: dict[int, tuple[Address, ...]] = {}
+        self._proxied: dict[int, tuple[Address, ...]] = {}
+
+    # ----------------------------------------------------------- queries
+
+    def host_addresses(self) -> set[Address]:
+        """The addresses the host itself (ctfsd's network namespace) has."""
+        with _netlink("list the host's addresses") as ipr:
+            found = set()
+            for msg in ipr.get_addr():
+                value = msg.get_attr("IFA_ADDRESS")
+                if value:
+                    found.add(ipaddress.ip_address(value.partition("%")[0]))
+            return found
+
+    def uplinks(self, ipr: IPRoute) -> list[int]:
+        """Interface indexes that get proxy ARP/NDP entries for container addresses."""
+        if self.uplink == UPLINK_NONE:
+            return []
+        if self.uplink != UPLINK_AUTO:
+            return list(ipr.link_lookup(ifname=self.uplink))
+        found: list[int] = []
+        for family in (2, 10):  # AF_INET, AF_INET6
+            for route in ipr.get_routes(family=family, table=254):
+                oif = route.get_attr("RTA_OIF")
+                if route["dst_len"] == 0 and oif and oif not in found:
+                    found.append(oif)
+        return found
+
+    # ----------------------------------------------------------- changes
+
+    def configure(self, ctid: int, pid: int, addresses: Iterable[Address]) -> None:
+        """Make container ``ctid`` (init ``pid``) reachable at exactly ``addresses``."""
+        wanted = tuple(addresses)
+        with self._lock:
+            if not wanted:
+                self._remove_locked(ctid)
+                return
+            self._enable_forwarding(wanted)
+            with _netlink(f"set up {host_ifname(ctid)}") as ipr:
+                index = self._ensure_veth(ipr, ctid, pid)
+                self._configure_guest(pid, wanted)
+                self._route_to(ipr, index, wanted)
+                self._proxy(ipr, ctid, wanted)
+            self._allow(ctid, wanted)
+
+    def adopt(self, running: dict[int, tuple[Address, ...]]) -> None:
+        """Take over the networks of containers that ran on while ctfsd was away.
+
+        Their veths, routes and proxies are still in the kernel; ctfs only has to
+        know them again, and to make sure the source filter allows exactly them.
+        """
+        with self._lock:
+            wanted = {ctid: addrs for ctid, addrs in running.items() if addrs}
+            self._proxied = dict(wanted)
+            if wanted:
+                self._write_table(wanted)
+
+    def remove(self, ctid: int) -> None:
+        """Remove everything ``configure`` made for ``ctid``; nothing left on the host."""
+        with self._lock:
+            self._remove_locked(ctid)
+
+    def forget_proxies(self, ctid: int, addresses: Iterable[Address]) -> None:
+        """Proxy entries an earlier ctfsd may have left for ``addresses`` go too."""
+        with self._lock:
+            self._proxied[ctid] = tuple({*self._proxied.get(ctid, ()), *addresses})
+            self._remove_locked(ctid)
+
+    def _remove_locked(self, ctid: int) -> None:
+        with _netlink(f"remove {host_ifname(ctid)}") as ipr:
+            for index in ipr.link_lookup(ifname=host_ifname(ctid)):
+                # The peer inside goes with it, and so do the routes through it.
+                with _ignoring(_ENOENT, 19):  # gone meanwhile (ENODEV)
+                    ipr.link("del", index=index)
+            self._proxy(ipr, ctid, ())
+        if ctid in self._allowed:
+            self._allow(ctid, ())
+
+    # ------------------------------------------------------------- steps
+
+    def _enable_forwarding(self, addresses: tuple[Address, ...]) -> None:
+        if any(a.version == 4 for a in addresses) and _write_sysctl("ipv4/ip_forward", "1"):
+            log.warning("enabled IPv4 forwarding: containers are routed through this host")
+        if any(a.version == 6 for a in addresses) and _write_sysctl(
+            "ipv6/conf/all/forwarding", "1"
+        ):
+            log.warning("enabled IPv6 forwarding: containers are routed through this host")
+
+    def _ensure_veth(self, ipr: IPRoute, ctid: int, pid: int) -> int:
+        """The host end's index; the pair is made (eth0 in the container) if missing."""
+        name = host_ifname(ctid)
+        existing = ipr.link_lookup(ifname=name)
+        if existing and self._guest_has_eth0(pid):
+            return int(existing[0])
+        for index in existing:  # left from an earlier run: its peer is elsewhere
+            ipr.link("del", index=index)
+        fd = os.open(netns.path(pid), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ipr.link(
+                "add", ifname=name, kind="veth", peer={"ifname": GUEST_IFNAME, "net_ns_fd": fd}
+            )
+        finally:
+            os.close(fd)
+        index = int(ipr.link_lookup(ifname=name)[0])
+        conf = f"{name}"
+        _write_sysctl(f"ipv4/conf/{conf}/proxy_arp", "1")
+        _write_sysctl(f"ipv4/conf/{conf}/rp_filter", "1")
+        _write_sysctl(f"ipv6/conf/{conf}/accept_ra", "0")
+        _write_sysctl(f"ipv6/conf/{conf}/accept_dad", "0")
+        ipr.link("set", index=index, state="up")
+        with _ignoring(_EEXIST):
+            ipr.addr("add", index=index, address=HOST_LINK_LOCAL6, prefixlen=64, flags=_IFA_F_NODAD)
+        return index
+
+    @staticmethod
+    def _guest_has_eth0(pid: int) -> bool:
+        with netns.entered(pid), IPRoute() as ipr:
+            return bool(ipr.link_lookup(ifname=GUEST_IFNAME))
+
+    @staticmethod
+    def _configure_guest(pid: int, wanted: tuple[Address, ...]) -> None:
+        with netns.entered(pid), _netlink("configure eth0 in the container") as ipr:
+            index = ipr.link_lookup(ifname=GUEST_IFNAME)[0]
+            # No duplicate address detection: the link has exactly two ends, both ours,
+            # and an address waiting out DAD would not work for the first second.
+            _write_sysctl(f"ipv6/conf/{GUEST_IFNAME}/accept_dad", "0")
+            ipr.link("set", index=index, state="up")
+            present = {
+                ipaddress.ip_address(m.get_attr("IFA_ADDRESS"))
+                for m in ipr.get_addr(index=index)
+                if m["scope"] == 0  # global: link-local ones are the kernel's
+            }
+            for address in present - set(wanted):
+                with _ignoring(_EADDRNOTAVAIL):
+                    ipr.addr(
+                        "del", index=index, address=str(address), prefixlen=address.max_prefixlen
+                    )
+            for address in wanted:
+                if address not in present:
+                    ipr.addr(
+                        "add",
+                        index=index,
+                        address=str(address),
+                        prefixlen=address.max_prefixlen,
+                        flags=_IFA_F_NODAD,
+                    )
+            has4 = any(a.version == 4 for a in wanted)
+            has6 = any(a.version == 6 for a in wanted)
+            if has4:
+                ipr.route("replace", dst="0.0.0.0/0", oif=index, scope=_RT_SCOPE_LINK)
+            else:
+                with _ignoring(_ESRCH, _ENOENT):
+                    ipr.route("del", dst="0.0.0.0/0", oif=index)
+            if has6:
+                ipr.route("replace", dst="::/0", gateway=HOST_LINK_LOCAL6, oif=index)
+            else:
+                with _ignoring(_ESRCH, _ENOENT):
+                    ipr.route("del", dst="::/0", oif=index)
+
+    @staticmethod
+    def _route_to(ipr: IPRoute, index: int, wanted: tuple[Address, ...]) -> None:
+        """Host routes through the veth: exactly one per container address."""
+        for family in (2, 10):
+            for route in ipr.get_routes(family=family, oif=index, table=254):
+                dst = route.get_attr("RTA_DST")
+                if dst is None or route["dst_len"] not in (32, 128):
+                    continue
+                if ipaddress.ip_address(dst) not in wanted:
+                    with _ignoring(_ESRCH, _ENOENT):
+                        ipr.route("del", dst=f"{dst}/{route['dst_len']}", oif=index)
+        for address in wanted:
+            scope = _RT_SCOPE_LINK if address.version == 4 else 0
+            ipr.route("replace", dst=f"{address}/{address.max_prefixlen}", oif=index, scope=scope)
+
+    def _proxy(self, ipr: IPRoute, ctid: int, wanted: tuple[Address, ...]) -> None:
+        """Proxy ARP/NDP entries on the uplinks for exactly ``wanted``."""
+        uplinks = self.uplinks(ipr)
+        stale = [a for a in self._proxied.get(ctid, ()) if a not in wanted]
+        for index in uplinks:
+            for address in stale:
+                with _ignoring(_ENOENT, _ESRCH):
+                    ipr.neigh("del", dst=str(address), ifindex=index, flags=_NTF_PROXY)
+            for address in wanted:
+                if address.version == 6:
+                    name = ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
+                    _write_sysctl(f"ipv6/conf/{name}/proxy_ndp", "1")
+                ipr.neigh("replace", dst=str(address), ifindex=index, flags=_NTF_PROXY)
+        if wanted:
+            self._proxied[ctid] = wanted
+        else:
+            self._proxied.pop(ctid, None)
+
+    def _allow(self, ctid: int, wanted: tuple[Address, ...]) -> None:
+        allowed = dict(self._allowed)
+        if wanted:
+            allowed[ctid] = wanted
+        else:
+            allowed.pop(ctid, None)
+        self._write_table(allowed)
+
+    def _write_table(self, allowed: dict[int, tuple[Address, ...]]) -> None:
+        try:
+            result = subprocess.run(
+                ["nft", "-f", "-"],
+                input=antispoof_ruleset(allowed),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise NetworkError("nft is not installed (the nftables package)") from None
+        if result.returncode != 0:
+            reason = result.stderr.strip().splitlines()[:1] or ["no reason given"]
+            raise NetworkError(f"nft refused the source-address filter: {reason[0]}")
+        self._allowed = allowed
