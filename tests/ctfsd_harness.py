@@ -66,12 +66,18 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool: 
 
 
 class Ctfsd:
-    def __init__(self, stop_timeout: float = 3.0) -> None:
+    def __init__(
+        self, stop_timeout: float = 3.0, wrapper: tuple[str, ...] = (), extra: tuple[str, ...] = ()
+    ) -> None:
+        # wrapper: a command prefix, e.g. nsenter into the test's own network namespace;
+        # extra: more ctfsd options.
+        self.wrapper = wrapper
+        self.extra = extra
         self.base = Path(tempfile.mkdtemp(prefix="ctfs-test-"))
         self.mount = self.base / "mnt"
         self.state = self.base / "state"
         self.log = self.base / "ctfsd.log"
-        self.cgroup_parent = f"ctfs-test-{os.getpid()}"
+        self.cgroup_parent = f"ctfs-test-{os.getpid()}-{self.base.name[-4:]}"
         self.stop_timeout = stop_timeout
         self.proc: subprocess.Popen[bytes] | None = None
         self.template_cache = self.base / "templates"
@@ -84,6 +90,7 @@ class Ctfsd:
 
     def argv(self, *extra: str) -> list[str]:
         return [
+            *self.wrapper,
             str(CTFSD),
             "--foreground",
             "--state-dir",
@@ -96,6 +103,7 @@ class Ctfsd:
             str(self.stop_timeout),
             "--template-cache",
             str(self.template_cache),
+            *self.extra,
             *extra,
             str(self.mount),
         ]
