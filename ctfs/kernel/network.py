@@ -233,7 +233,6 @@ class Network:
         index = int(ipr.link_lookup(ifname=name)[0])
         conf = f"{name}"
         _write_sysctl(f"ipv4/conf/{conf}/proxy_arp", "1")
-        _write_sysctl(f"ipv4/conf/{conf}/rp_filter", "1")
         _write_sysctl(f"ipv6/conf/{conf}/accept_ra", "0")
         _write_sysctl(f"ipv6/conf/{conf}/accept_dad", "0")
         ipr.link("set", index=index, state="up")
