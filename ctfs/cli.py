@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import sys
 
 from ctfs.values import parse_ctid
@@ -132,7 +133,14 @@ def run_inside(mount: str, name: str, argv: list[str]) -> int:
     else:
         pid = os.fork()
         if pid == 0:
+            # A session of its own inside the container, as on a terminal: a session
+            # led from outside the pid namespace would make the container impossible
+            # to checkpoint while anything it started runs.
+            os.setsid()
             start()
+        # Not in our process group any more: pass on what would have reached it.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, lambda signum, _frame: os.kill(pid, signum))
         status = _wait(pid)
     if os.WIFSIGNALED(status):
         return 128 + os.WTERMSIG(status)

@@ -12,7 +12,9 @@ import os
 from ctfs.kernel import CGROUP_ROOT, libc
 
 # Order matters: the mount namespace last, since /proc paths change meaning after it.
-ALL_NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "mnt")
+# time: a restored container runs in the time namespace CRIU made for it; a process
+# joining it must see the same clocks, or the next checkpoint cannot be restored.
+ALL_NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "time", "mnt")
 
 
 def _cgroup_dirs(pid: int) -> list[str]:
