@@ -18,7 +18,9 @@ import enum
 import errno
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,12 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ctfs import beancounters, config, diskquota, netaddr, scheduling, ubc
+from ctfs import beancounters, config, diskquota, dumpfile, netaddr, scheduling, ubc
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found, not_permitted
 from ctfs.events import EventLog
-from ctfs.kernel import accounting, etcfiles, procs, storage, uts
+from ctfs.files.base import Upload
+from ctfs.kernel import accounting, criu, etcfiles, procs, storage, uts
 from ctfs.kernel.launch import LaunchError
-from ctfs.kernel.network import NetworkError
+from ctfs.kernel.network import GUEST_IFNAME, NetworkError, host_ifname
 from ctfs.kernel.security import DROPPED_CAPABILITIES
 from ctfs.netaddr import Address
 
@@ -49,6 +52,11 @@ HALT_SETTLE_S = 0.2
 # A start that has not reached the template's init by then is abandoned.
 START_TIMEOUT_S = 60.0
 POLL_S = 0.02
+# Stopping every process for a checkpoint; a D-state task may take a moment.
+FREEZE_TIMEOUT_S = 10.0
+# CRIU runs with a time limit: a damaged image can make it wait forever.
+CRIU_TIMEOUT_S = 300.0
+DUMP = "dump"
 
 
 class State(enum.StrEnum):
@@ -82,11 +90,15 @@ class Container:
         self.tracker = beancounters.Tracker(record=self.events.record)
         self._transition: State | None = None
         self._init: InitProcess | None = None
+        self.dump_path = self.dir / DUMP
+        # Whether a complete dump file is there (the container is frozen if not running).
+        self._frozen = False
 
     # ----------------------------------------------------------- settings
 
     def load(self) -> None:
         self.settings = config.read(self.dir / CONF)
+        self._frozen = self.dump_path.exists()
 
     def persist(self, **changes: str) -> None:
         """Write ``changes`` into ctid.conf atomically; the in-memory copy follows."""
@@ -136,6 +148,8 @@ class Container:
             return self._transition
         if self._init is not None:
             return State.RUNNING
+        if self._frozen:
+            return State.FROZEN
         return State.STOPPED
 
     @property
@@ -160,12 +174,18 @@ class Container:
         current = self.state
         if word == current.value:
             return
-        if word == State.RUNNING:
+        if word == State.RUNNING and current is State.FROZEN:
+            await self._transit(State.RESTORING, self._restore)
+        elif word == State.RUNNING:
             await self._transit(State.STARTING, self._start)
+        elif word == State.STOPPED and current is State.FROZEN:
+            await self._transit(State.STOPPING, self._discard_dump)
         elif word == State.STOPPED:
             await self._transit(State.STOPPING, self._stop)
+        elif current is State.STOPPED:
+            raise invalid("only a running container can be frozen")
         else:
-            raise CtfsError(errno.EOPNOTSUPP, "checkpointing is not available yet")
+            await self._transit(State.FREEZING, self._freeze)
 
     def _refuse_while_changing(self) -> None:
         if self._transition is not None:
@@ -319,12 +339,17 @@ class Container:
                 alone_since = None
         return "timeout"
 
-    async def _finish_stop(self, init: InitProcess) -> None:
-        """Once init is gone: wait out the rest, remove the cgroups, forget init."""
+    async def _finish_stop(self, init: InitProcess, network: bool = True) -> None:
+        """Once init is gone: wait out the rest, remove the cgroups, forget init.
+
+        ``network``: also remove its network from the host (a frozen container keeps
+        its proxies and source-filter entries; see ``_freeze``).
+        """
         await init.exited.wait()
         try:
             await self._clean_up_cgroups()
-            await self._remove_network()
+            if network:
+                await self._remove_network()
         finally:
             # Init is gone whatever happened to its cgroups: the state is stopped.
             os.close(init.pidfd)
@@ -349,6 +374,278 @@ class Container:
             await trio.to_thread.run_sync(self.host.network.remove, self.ctid)
         except OSError as exc:
             self.events.record(f"cannot remove the network: {exc}", logging.ERROR)
+
+    # --------------------------------------------------------- checkpoints
+
+    async def _checkpoints(self) -> criu.Criu:
+        await self.host.criu_probed.wait()
+        engine = self.host.criu
+        if engine.unavailable is not None:
+            raise CtfsError(errno.EOPNOTSUPP, f"checkpoints are unavailable: {engine.unavailable}")
+        return engine
+
+    def _veth(self, settings: Mapping[str, str] | None = None) -> criu.Veth | None:
+        addresses = netaddr.from_setting((settings or self.settings).get("IP_ADDRESS", ""))
+        return criu.Veth(GUEST_IFNAME, host_ifname(self.ctid)) if addresses else None
+
+    def _sessions_inside(self, init_pid: int) -> list[int]:
+        """Processes in the container's cgroups that are not in its pid namespace.
+
+        They are ``ctfs exec``/``enter`` on the host side: CRIU cannot take them
+        with the container, and would lose what they run.
+        """
+        try:
+            own = os.readlink(f"/proc/{init_pid}/ns/pid")
+        except OSError:
+            return []
+        outside = []
+        for pid in self.host.cgroups.pids(self.ctid):
+            try:
+                if os.readlink(f"/proc/{pid}/ns/pid") != own:
+                    outside.append(pid)
+            except OSError:
+                continue
+        return sorted(outside)
+
+    def drop_used_dump(self) -> None:
+        """A running container's dump was used by a restore ctfsd did not see through."""
+        if self._frozen:
+            log.warning("CT %d: runs, so its dump file was used; removing it", self.ctid)
+            with contextlib.suppress(FileNotFoundError):
+                self.dump_path.unlink()
+            self._frozen = False
+        self._drop_scratch()
+
+    def _scratch(self) -> tuple[Path, Path]:
+        """Empty directories for CRIU's images and its work files (logs, pidfile)."""
+        images, work = self.dir / ".criu-images", self.dir / ".criu-work"
+        for path in (images, work):
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(mode=0o700)
+        return images, work
+
+    def _drop_scratch(self) -> None:
+        for name in (".criu-images", ".criu-work"):
+            shutil.rmtree(self.dir / name, ignore_errors=True)
+
+    async def _freeze(self) -> None:
+        """Checkpoint into the dump file and end the processes; or change nothing."""
+        engine = await self._checkpoints()
+        init = self._init
+        assert init is not None
+        sessions = await trio.to_thread.run_sync(self._sessions_inside, init.pid)
+        if sessions:
+            raise busy(
+                "ctfs exec or enter is running in the container (host PID "
+                f"{', '.join(map(str, sessions))}); end it first"
+            )
+        cgroups = self.host.cgroups
+        images, work = await trio.to_thread.run_sync(self._scratch)
+        began = time.monotonic()
+        try:
+            await trio.to_thread.run_sync(cgroups.freeze, self.ctid, FREEZE_TIMEOUT_S)
+        except (OSError, TimeoutError) as exc:
+            await trio.to_thread.run_sync(cgroups.thaw, self.ctid)
+            await trio.to_thread.run_sync(self._drop_scratch)
+            raise kernel_failed(f"cannot freeze the container: {exc}") from exc
+        frozen_at = time.monotonic()
+        try:
+            await trio.to_thread.run_sync(
+                engine.dump,
+                init.pid,
+                images,
+                work,
+                Path(cgroups.freezer_path(self.ctid)),
+                self._veth(),
+                CRIU_TIMEOUT_S,
+                lambda: None,
+            )
+        except criu.CriuError as exc:
+            await self._recover_from_failed_dump(init)
+            raise kernel_failed(f"checkpoint failed, the container runs on: {exc}") from exc
+        dumped_at = time.monotonic()
+        # CRIU ended the processes once their state was on disk.
+        with trio.move_on_after(10):
+            await init.exited.wait()
+        if not init.exited.is_set():
+            await trio.to_thread.run_sync(cgroups.kill_all, self.ctid)
+            await init.exited.wait()
+        info = {
+            "ctid": self.ctid,
+            "cgroup_parent": cgroups.parent,
+            "criu": engine.version,
+            "template": self.template_name,
+            "hostname": self.hostname,
+            "addresses": [str(a) for a in self.addresses],
+        }
+        try:
+            size = await trio.to_thread.run_sync(dumpfile.pack, images, self.dump_path, info)
+        except OSError as exc:
+            # The images are still on disk: bring the container back from them.
+            await self._finish_stop(init, network=False)
+            try:
+                await self._restore_from(images, work, dumpfile.Manifest(info, {}))
+            except CtfsError as again:
+                await trio.to_thread.run_sync(self.host.network.remove, self.ctid)
+                raise kernel_failed(
+                    f"cannot write the dump file ({exc}) nor restore from the images "
+                    f"({again.sentence}); they are kept in {images}"
+                ) from exc
+            await trio.to_thread.run_sync(self._drop_scratch)
+            raise kernel_failed(
+                f"cannot write the dump file ({exc}); the container runs on"
+            ) from exc
+        self._frozen = True
+        await self._finish_stop(init, network=False)
+        await self._forget_link()
+        await trio.to_thread.run_sync(self._drop_scratch)
+        written = time.monotonic()
+        self.events.record(
+            f"frozen: freeze {(frozen_at - began) * 1000:.0f} ms, dump "
+            f"{(dumped_at - frozen_at) * 1000:.0f} ms, dump file {size} bytes written and "
+            f"synced in {(written - dumped_at) * 1000:.0f} ms"
+        )
+
+    async def _forget_link(self) -> None:
+        try:
+            await trio.to_thread.run_sync(self.host.network.remove_link, self.ctid)
+        except OSError as exc:
+            self.events.record(f"cannot remove the veth: {exc}", logging.ERROR)
+
+    async def _recover_from_failed_dump(self, init: InitProcess) -> None:
+        """After CRIU failed or was killed: the container runs on as it was."""
+        cgroups = self.host.cgroups
+        await trio.to_thread.run_sync(cgroups.thaw, self.ctid)
+        if not init.exited.is_set():
+            try:
+                await trio.to_thread.run_sync(criu.remove_network_lock, init.pid)
+            except Exception as exc:  # the container runs; say what may be left
+                self.events.record(f"cannot check for CRIU's network lock: {exc}", logging.ERROR)
+        await trio.to_thread.run_sync(self._drop_scratch)
+        if init.exited.is_set():
+            # It did not survive the attempt: clean up as for any stop.
+            await self._finish_stop(init)
+            self.events.record("the failed checkpoint ended the container", logging.ERROR)
+
+    async def _restore(self) -> None:
+        """Bring a frozen container back from its dump file; or change nothing."""
+        await self._checkpoints()
+        if self.host.cgroups.pids(self.ctid):
+            raise kernel_failed("the container's cgroup still holds processes; not restoring")
+        images, work = await trio.to_thread.run_sync(self._scratch)
+        try:
+            manifest = await trio.to_thread.run_sync(dumpfile.unpack, self.dump_path, images)
+        except dumpfile.DumpError as exc:
+            await trio.to_thread.run_sync(self._drop_scratch)
+            raise kernel_failed(f"the dump file is refused: {exc}") from exc
+        except OSError as exc:
+            await trio.to_thread.run_sync(self._drop_scratch)
+            raise kernel_failed(f"cannot read the dump file: {exc}") from exc
+        try:
+            await self._restore_from(images, work, manifest)
+        finally:
+            await trio.to_thread.run_sync(self._drop_scratch)
+        try:
+            await trio.to_thread.run_sync(self.dump_path.unlink)
+        except OSError as exc:
+            self.events.record(f"cannot remove the used dump file: {exc}", logging.ERROR)
+        self._frozen = False
+
+    async def _restore_from(self, images: Path, work: Path, manifest: dumpfile.Manifest) -> None:
+        """Run CRIU on ``images``; on failure nothing of the attempt is left running."""
+        began = time.monotonic()
+        cgroups = self.host.cgroups
+        try:
+            await trio.to_thread.run_sync(self._prepare_cgroups)
+        except OSError as exc:
+            await self._clean_up_cgroups()
+            raise kernel_failed(f"cannot set up cgroups: {exc}") from exc
+        same_place = (
+            manifest.info.get("ctid") == self.ctid
+            and manifest.info.get("cgroup_parent") == cgroups.parent
+        )
+        veth = self._veth()
+        addresses = self.addresses
+        action_env = {
+            "CTFS_HOST_VETH": host_ifname(self.ctid),
+            "CTFS_ADDRESSES": netaddr.to_setting(addresses),
+        }
+        try:
+            pid = await trio.to_thread.run_sync(
+                self.host.criu.restore,
+                images,
+                work,
+                self.root,
+                veth,
+                action_env,
+                [] if same_place else cgroups.restore_roots(self.ctid),
+                CRIU_TIMEOUT_S,
+                lambda: cgroups.kill_all(self.ctid),
+            )
+        except criu.CriuError as exc:
+            await trio.to_thread.run_sync(cgroups.kill_all, self.ctid)
+            await self._clean_up_cgroups()
+            await self._forget_link()
+            raise kernel_failed(f"restore failed, the container stays frozen: {exc}") from exc
+        self._adopt(pid)
+        if addresses:
+            try:
+                await trio.to_thread.run_sync(
+                    self.host.network.configure, self.ctid, pid, addresses
+                )
+            except OSError as exc:
+                self.events.record(f"restored, but its network is incomplete: {exc}", logging.ERROR)
+        ms = (time.monotonic() - began) * 1000
+        self.events.record(f"restored: init is PID {pid} on the host ({ms:.0f} ms)")
+
+    def dump_size(self) -> int:
+        """The dump file's size while frozen; 0 otherwise."""
+        if not self._frozen or self._transition is not None:
+            return 0
+        try:
+            return self.dump_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    async def start_dump_upload(self) -> Upload:
+        """Begin writing a dump file in (copying one in): only while stopped or frozen."""
+        self._refuse_while_changing()
+        if self.state not in (State.STOPPED, State.FROZEN):
+            raise busy(
+                f"the container is {self.state.value}; a dump can be written in only "
+                "while it is stopped or frozen"
+            )
+        fd, name = tempfile.mkstemp(prefix=".dump.upload.", dir=self.dir)
+        return Upload(Path(name), fd)
+
+    async def accept_dump_upload(self, upload: Upload) -> None:
+        """Check a written-in dump file as a whole; make it the container's dump."""
+        try:
+            manifest = await trio.to_thread.run_sync(dumpfile.read_manifest, upload.path)
+        except dumpfile.DumpError as exc:
+            raise invalid(f"not an intact ctfs dump: {exc}") from exc
+        self._refuse_while_changing()
+        if self.state not in (State.STOPPED, State.FROZEN):
+            raise busy(f"the container is {self.state.value} now; the dump is not taken")
+        size = upload.path.stat().st_size
+
+        def put_in_place() -> None:
+            os.fsync(upload.fd)
+            upload.path.rename(self.dump_path)
+            dumpfile.fsync_dir(self.dir)
+
+        await trio.to_thread.run_sync(put_in_place)
+        self._frozen = True
+        self.events.record(
+            f"dump: {size} bytes written in (a checkpoint of container "
+            f"{manifest.info.get('ctid', '?')}); the container is frozen"
+        )
+
+    async def _discard_dump(self) -> None:
+        await trio.to_thread.run_sync(self.dump_path.unlink)
+        self._frozen = False
+        await self._remove_network()
+        self.events.record("stopped: the dump file was discarded")
 
     # ------------------------------------------------------------ network
 

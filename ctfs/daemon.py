@@ -86,6 +86,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds a graceful stop may take before the container is killed (default 30)",
     )
     parser.add_argument(
+        "--criu",
+        type=_absolute,
+        default=None,
+        help="the CRIU binary for checkpoints (default /opt/ctfs/criu/sbin/criu, "
+        "as tools/setup builds it, else criu on PATH)",
+    )
+    parser.add_argument(
         "--uplink",
         default="auto",
         help="interface that answers ARP/NDP for container addresses: a name, "
@@ -165,6 +172,7 @@ async def serve(args: argparse.Namespace, cgroups: CgroupsV1, ready: int | None)
         default_template=args.default_template,
         stop_timeout=args.stop_timeout,
         uplink=args.uplink,
+        criu=args.criu,
     )
     host = Host(options, cgroups)
     operations = CtfsOperations(host)

@@ -9,6 +9,7 @@ takes the mount down.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import itertools
@@ -21,10 +22,19 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from ctfs.container import Container
 from ctfs.errors import CtfsError, busy, invalid, not_permitted
-from ctfs.files import CONTAINER_FILES, ROOT_FILES, ContainerFile, RootFile
+from ctfs.files import (
+    CONTAINER_FILES,
+    DATA_FILES,
+    ROOT_FILES,
+    ContainerFile,
+    DataFile,
+    RootFile,
+    Upload,
+)
 from ctfs.host import Host
 from ctfs.values import command_text, parse_ctid, shown
 
@@ -62,15 +72,23 @@ def _boundary(op: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+Decl = ContainerFile | RootFile | DataFile
+
+
 @dataclass
 class OpenFile:
-    """One open(): the text rendered then, served unchanged to every read."""
+    """One open(): the text rendered then, served unchanged to every read.
+
+    For a data file: ``fd`` to read from, or ``upload`` being written.
+    """
 
     container: Container | None
-    decl: ContainerFile | RootFile
+    decl: Decl
     data: bytes
     # Holds the one-writer claim on an exclusive file (see ``CtfsOperations.open``).
     claim: tuple[int, str] | None = None
+    fd: int | None = None
+    upload: Upload | None = None
 
 
 class CtfsOperations(pyfuse3.Operations):
@@ -85,7 +103,10 @@ class CtfsOperations(pyfuse3.Operations):
             f.name.encode(): (ROOT_INODE + 1 + i, f) for i, f in enumerate(ROOT_FILES)
         }
         self.root_by_inode = {ino: f for ino, f in self.root_files.values()}
-        self.ct_files = {f.name.encode(): f for f in CONTAINER_FILES}
+        self.ct_files: dict[bytes, ContainerFile | DataFile] = {
+            f.name.encode(): f for f in CONTAINER_FILES
+        }
+        self.ct_files.update({f.name.encode(): f for f in DATA_FILES})
         # (ctid,) is a container directory; (ctid, name) one of its files.
         self._inode_of: dict[tuple[int] | tuple[int, str], int] = {}
         self._key_of: dict[int, tuple[int] | tuple[int, str]] = {}
@@ -125,7 +146,7 @@ class CtfsOperations(pyfuse3.Operations):
     def _file_mode(writable: bool) -> int:
         return stat.S_IFREG | (0o644 if writable else 0o444)
 
-    def _resolve(self, ino: int) -> tuple[Container | None, ContainerFile | RootFile | None]:
+    def _resolve(self, ino: int) -> tuple[Container | None, Decl | None]:
         """The container and file an inode stands for; FUSEError(ENOENT) when gone."""
         if ino == ROOT_INODE:
             return None, None
@@ -142,9 +163,17 @@ class CtfsOperations(pyfuse3.Operations):
         return container, self.ct_files[key[1].encode()]
 
     def _attrs_of(self, ino: int) -> pyfuse3.EntryAttributes:
-        _container, decl = self._resolve(ino)
+        container, decl = self._resolve(ino)
         if decl is None:
             return self._attrs(ino, stat.S_IFDIR | 0o755)
+        if isinstance(decl, DataFile):
+            assert container is not None
+            attrs = self._attrs(ino, stat.S_IFREG | decl.mode)
+            # Its size changes at every freeze: never let the kernel cache it.
+            attrs.attr_timeout = 0
+            attrs.st_size = decl.size(container)
+            attrs.st_blocks = (attrs.st_size + 511) // 512
+            return attrs
         writable = isinstance(decl, ContainerFile) and decl.writable
         return self._attrs(ino, self._file_mode(writable))
 
@@ -181,11 +210,11 @@ class CtfsOperations(pyfuse3.Operations):
             or fields.update_mtime
         )
         # "echo x > file" truncates before it writes; a control file has nothing to cut.
+        # (A data file is written into a fresh upload: there is nothing to cut either.)
         if (
             only_truncate
             and attr.st_size == 0
-            and isinstance(decl, ContainerFile)
-            and decl.writable
+            and (isinstance(decl, DataFile) or (isinstance(decl, ContainerFile) and decl.writable))
         ):
             return self._attrs_of(inode)
         raise pyfuse3.FUSEError(errno.EPERM)
@@ -285,6 +314,9 @@ class CtfsOperations(pyfuse3.Operations):
         if decl is None:
             raise pyfuse3.FUSEError(errno.EISDIR)
         wants_write = flags & os.O_ACCMODE != os.O_RDONLY
+        if isinstance(decl, DataFile):
+            assert container is not None
+            return await self._open_data(container, decl, wants_write)
         if wants_write and not (isinstance(decl, ContainerFile) and decl.writable):
             raise pyfuse3.FUSEError(errno.EACCES)
         data = b""
@@ -302,6 +334,24 @@ class CtfsOperations(pyfuse3.Operations):
         info.keep_cache = False
         return info
 
+    async def _open_data(self, container: Container, decl: DataFile, wants_write: bool) -> Any:
+        handle = OpenFile(container, decl, b"")
+        if wants_write:
+            try:
+                handle.upload = await decl.uploader(container)
+            except CtfsError as exc:
+                container.events.record(f"{decl.name}: refused: {exc.sentence}", logging.WARNING)
+                exc.recorded = True
+                raise
+        else:
+            handle.fd = await trio.to_thread.run_sync(decl.reader, container)
+        fh = next(self._next_fh)
+        self._handles[fh] = handle
+        info = pyfuse3.FileInfo(fh=fh)
+        info.direct_io = True  # the file changes under the same name: no stale pages
+        info.keep_cache = False
+        return info
+
     async def _render(self, container: Container | None, decl: ContainerFile | RootFile) -> str:
         if isinstance(decl, RootFile):
             return await decl.render(self.host)
@@ -310,12 +360,19 @@ class CtfsOperations(pyfuse3.Operations):
 
     @_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return self._handles[fh].data[off : off + size]
+        handle = self._handles[fh]
+        if handle.fd is not None:
+            return await trio.to_thread.run_sync(os.pread, handle.fd, size, off)
+        return handle.data[off : off + size]
 
     @_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handles[fh]
         decl, container = handle.decl, handle.container
+        if handle.upload is not None:
+            upload = handle.upload
+            upload.written = True
+            return await trio.to_thread.run_sync(os.pwrite, upload.fd, buf, off)
         assert isinstance(decl, ContainerFile) and container is not None and decl.apply
         try:
             if off != 0:
@@ -359,11 +416,42 @@ class CtfsOperations(pyfuse3.Operations):
                 del self._writers[handle.claim]
             handle.claim = None
 
+    @_boundary
     async def flush(self, fh: int) -> None:
         # close() waits for flush but not for release: drop the claim here, so a
         # script's next "echo ... > state" is never refused by the previous one.
         self._unclaim(fh)
+        handle = self._handles.get(fh)
+        if handle is not None and handle.upload is not None and handle.upload.written:
+            # An upload is judged once, whole, when its writer closes it.
+            upload, handle.upload = handle.upload, None
+            await self._commit(handle, upload)
+
+    async def _commit(self, handle: OpenFile, upload: Upload) -> None:
+        decl, container = handle.decl, handle.container
+        assert isinstance(decl, DataFile) and container is not None
+        try:
+            await decl.commit(container, upload)
+        except CtfsError as exc:
+            container.events.record(f"{decl.name}: rejected: {exc.sentence}", logging.WARNING)
+            exc.recorded = True
+            raise
+        finally:
+            _discard_upload(upload)
 
     async def release(self, fh: int) -> None:
         self._unclaim(fh)
-        self._handles.pop(fh, None)
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            if handle.fd is not None:
+                os.close(handle.fd)
+            if handle.upload is not None:
+                _discard_upload(handle.upload)
+
+
+def _discard_upload(upload: Upload) -> None:
+    """Close an upload; its staging file goes unless it was put in place."""
+    with contextlib.suppress(OSError):
+        os.close(upload.fd)
+    with contextlib.suppress(FileNotFoundError):
+        upload.path.unlink()

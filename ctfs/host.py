@@ -20,6 +20,7 @@ from ctfs.container import CONF, Container, State
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found
 from ctfs.kernel import accounting, storage
 from ctfs.kernel.cgroups import Cgroups
+from ctfs.kernel.criu import Criu
 from ctfs.kernel.launch import Launcher
 from ctfs.kernel.network import UPLINK_AUTO, Network, NetworkError
 from ctfs.kernel.templates import TemplateStore
@@ -38,6 +39,7 @@ class HostOptions:
     default_template: str = "busybox"
     stop_timeout: float = 30.0
     uplink: str = UPLINK_AUTO
+    criu: Path | None = None
 
 
 class Host:
@@ -51,6 +53,9 @@ class Host:
         self.containers: dict[int, Container] = {}
         self.launcher = Launcher()
         self.network = Network(options.uplink)
+        self.criu = Criu(options.criu)
+        # Set once CRIU has been probed; checkpoint requests wait for it.
+        self.criu_probed = trio.Event()
         # Address changes take turns, so two containers never claim one address.
         self.address_lock = trio.Lock()
 
@@ -65,6 +70,18 @@ class Host:
         self._nursery = nursery
         self.discover()
         nursery.start_soon(self._sample_beancounters_forever)
+        nursery.start_soon(self._probe_checkpoints)
+
+    async def _probe_checkpoints(self) -> None:
+        """Say at startup whether checkpoints work here, and if not, why."""
+        try:
+            reason = await trio.to_thread.run_sync(self.criu.probe)
+        finally:
+            self.criu_probed.set()
+        if reason is None:
+            log.info("checkpoints: CRIU %s at %s", self.criu.version, self.criu.binary)
+        else:
+            log.warning("checkpoints are unavailable: %s", reason)
 
     async def beancounters(self, ctids: list[int]) -> dict[int, dict[str, ubc.Counter]]:
         """Current beancounters of the running containers among ``ctids``."""
@@ -133,6 +150,8 @@ class Host:
             found.rediscover()
             if found.init_pid is None and not self.cgroups.pids(ctid):
                 self.cgroups.remove(ctid)
+            elif found.init_pid is not None:
+                found.drop_used_dump()
         self._rediscover_networks()
 
     def _rediscover_networks(self) -> None:
@@ -143,7 +162,8 @@ class Host:
             if not addresses:
                 continue
             try:
-                if container.init_pid is not None:
+                # A frozen container keeps its proxies and filter entries too.
+                if container.init_pid is not None or container.state is State.FROZEN:
                     running[ctid] = addresses
                 else:
                     # It stopped while no ctfsd watched: its proxies are still there.

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.ctfsd_harness import Ctfsd, wait_for, write_errno
+from tests.network_lab import Lab
 
 _ctids = itertools.count(101)
 
@@ -23,6 +24,27 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def ctfsd() -> Iterator[Ctfsd]:
     daemon = Ctfsd()
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.cleanup()
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    """The test's own host and client network namespaces (see tests.network_lab)."""
+    made = Lab()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture(scope="session")
+def net_ctfsd(lab: Lab) -> Iterator[Ctfsd]:
+    """A second ctfsd, inside the lab's host namespace, with up0 as its uplink."""
+    daemon = Ctfsd(wrapper=lab.enter(lab.host), extra=("--uplink", "up0"))
     try:
         daemon.start()
         yield daemon

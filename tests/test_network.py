@@ -22,25 +22,6 @@ _hosts = itertools.count(10)
 _ctids = itertools.count(9101)
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    made = Lab()
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-@pytest.fixture(scope="module")
-def net_ctfsd(lab: Lab) -> Iterator[Ctfsd]:
-    daemon = Ctfsd(wrapper=lab.enter(lab.host), extra=("--uplink", "up0"))
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        daemon.cleanup()
-
-
 def _address() -> str:
     return f"198.19.0.{next(_hosts)}"
 

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from ctfs.files import beancounters, lifecycle, network, quota, root, scheduling
-from ctfs.files.base import ContainerFile, RootFile
+from ctfs.files import beancounters, checkpoint, lifecycle, network, quota, root, scheduling
+from ctfs.files.base import ContainerFile, DataFile, RootFile, Upload
 
 ROOT_FILES: tuple[RootFile, ...] = root.FILES + beancounters.ROOT_FILES
 CONTAINER_FILES: tuple[ContainerFile, ...] = (
     lifecycle.FILES + scheduling.FILES + beancounters.FILES + quota.FILES + network.FILES
 )
 
-__all__ = ["CONTAINER_FILES", "ROOT_FILES", "ContainerFile", "RootFile"]
+DATA_FILES: tuple[DataFile, ...] = checkpoint.FILES
+
+__all__ = [
+    "CONTAINER_FILES",
+    "DATA_FILES",
+    "ROOT_FILES",
+    "ContainerFile",
+    "DataFile",
+    "RootFile",
+    "Upload",
+]

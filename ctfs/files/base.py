@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -41,3 +42,31 @@ class RootFile:
 
     name: str
     render: Callable[[Host], Awaitable[str]]
+
+
+@dataclass
+class Upload:
+    """A data file being written: a staging file of its own, committed at close."""
+
+    path: Path
+    fd: int
+    written: bool = False
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file with real contents and size in every container directory (``dump``).
+
+    Unlike a control file it is read and written at any offset, so ``cp`` works
+    both ways.  ``reader`` gives a file descriptor to read from (None: empty);
+    ``uploader`` starts an upload (or raises ``CtfsError``); ``commit`` checks a
+    finished upload as a whole and puts it in place, or raises having changed
+    nothing.  Reads and writes run off the trio loop.
+    """
+
+    name: str
+    mode: int
+    size: Callable[[Container], int]
+    reader: Callable[[Container], int | None]
+    uploader: Callable[[Container], Awaitable[Upload]]
+    commit: Callable[[Container, Upload], Awaitable[None]]

@@ -61,6 +61,8 @@ class KernelCounters:
 class Cgroups(Protocol):
     """What ctfs needs from a cgroup hierarchy, whatever its version."""
 
+    parent: str  # the parent cgroup of every container, e.g. "ctfs"
+
     def create(self, ctid: int) -> None:
         """Create the container's cgroups (idempotent) with the devices baseline."""
 
@@ -77,6 +79,18 @@ class Cgroups(Protocol):
 
     def kill_all(self, ctid: int) -> None:
         """SIGKILL every process of the container, with no chance to fork away."""
+
+    def freeze(self, ctid: int, timeout: float) -> None:
+        """Stop every process of the container; TimeoutError if they are not all stopped."""
+
+    def thaw(self, ctid: int) -> None:
+        """Let the container's processes run again (a no-op if they were not frozen)."""
+
+    def freezer_path(self, ctid: int) -> str:
+        """The container's freezer cgroup, as CRIU's --freeze-cgroup takes it."""
+
+    def restore_roots(self, ctid: int) -> list[str]:
+        """CRIU --cgroup-root mappings that put restored processes in ``ctid``'s cgroups."""
 
     def populated(self) -> list[int]:
         """CTIDs whose cgroups exist under the parent (running or left over)."""
@@ -170,6 +184,25 @@ class CgroupsV1:
         # a thread moving itself through "tasks" skips it (0.05 ms).  For a
         # single-threaded process the two are the same.
         return [str(d / "tasks") for d in self._dirs(ctid)]
+
+    def freeze(self, ctid: int, timeout: float) -> None:
+        state = self._dir("freezer", ctid) / "freezer.state"
+        _write(state, "FROZEN")
+        deadline = time.monotonic() + timeout
+        while state.read_text().strip() != "FROZEN":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not all processes stopped within {timeout:g} s")
+            time.sleep(0.001)
+
+    def thaw(self, ctid: int) -> None:
+        _write(self._dir("freezer", ctid) / "freezer.state", "THAWED")
+
+    def freezer_path(self, ctid: int) -> str:
+        return str(self._dir("freezer", ctid))
+
+    def restore_roots(self, ctid: int) -> list[str]:
+        # Per controller: a bare --cgroup-root would also move named hierarchies.
+        return [f"{c}:/{self.parent}/{ctid}" for c in V1_CONTROLLERS]
 
     def kill_all(self, ctid: int) -> None:
         # Freeze first so nothing can fork between listing and killing.

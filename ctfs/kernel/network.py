@@ -86,6 +86,33 @@ table inet {TABLE} {{
 """
 
 
+def prepare_host_end(ipr: IPRoute, index: int, name: str) -> None:
+    """The host end answers ARP for everything (the container's next hop is the host)
+    and has fe80::1, the container's IPv6 next hop; no DAD on a two-ended link."""
+    _write_sysctl(f"ipv4/conf/{name}/proxy_arp", "1")
+    _write_sysctl(f"ipv6/conf/{name}/accept_ra", "0")
+    _write_sysctl(f"ipv6/conf/{name}/accept_dad", "0")
+    ipr.link("set", index=index, state="up")
+    with _ignoring(_EEXIST):
+        ipr.addr("add", index=index, address=HOST_LINK_LOCAL6, prefixlen=64, flags=_IFA_F_NODAD)
+
+
+def ready_restored_host_end(name: str, addresses: Iterable[Address]) -> None:
+    """The host end of a veth CRIU has just recreated: configured and routed.
+
+    Runs from CRIU's action script, before the restored container runs, so its
+    connections find their way at once (proxies and the source filter stayed in
+    place while it was frozen).
+    """
+    with _netlink(f"ready {name}") as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            raise NetworkError(f"{name} does not exist")
+        index = int(found[0])
+        prepare_host_end(ipr, index, name)
+        Network.route_to(ipr, index, tuple(addresses))
+
+
 class NetworkError(OSError):
     """A network change the kernel or nft refused; the text says which and why."""
 
@@ -168,7 +195,7 @@ class Network:
             with _netlink(f"set up {host_ifname(ctid)}") as ipr:
                 index = self._ensure_veth(ipr, ctid, pid)
                 self._configure_guest(pid, wanted)
-                self._route_to(ipr, index, wanted)
+                self.route_to(ipr, index, wanted)
                 self._proxy(ipr, ctid, wanted)
             self._allow(ctid, wanted)
 
@@ -189,6 +216,15 @@ class Network:
         with self._lock:
             self._remove_locked(ctid)
 
+    def remove_link(self, ctid: int) -> None:
+        """Remove only the veth (and with it the host routes) of ``ctid``.
+
+        A frozen container keeps its proxy entries and its place in the source
+        filter, so that its restored connections work from the first packet.
+        """
+        with self._lock, _netlink(f"remove {host_ifname(ctid)}") as ipr:
+            self._delete_link(ipr, ctid)
+
     def forget_proxies(self, ctid: int, addresses: Iterable[Address]) -> None:
         """Proxy entries an earlier ctfsd may have left for ``addresses`` go too."""
         with self._lock:
@@ -197,15 +233,19 @@ class Network:
 
     def _remove_locked(self, ctid: int) -> None:
         with _netlink(f"remove {host_ifname(ctid)}") as ipr:
-            for index in ipr.link_lookup(ifname=host_ifname(ctid)):
-                # The peer inside goes with it, and so do the routes through it.
-                with _ignoring(_ENOENT, 19):  # gone meanwhile (ENODEV)
-                    ipr.link("del", index=index)
+            self._delete_link(ipr, ctid)
             self._proxy(ipr, ctid, ())
         if ctid in self._allowed:
             self._allow(ctid, ())
 
     # ------------------------------------------------------------- steps
+
+    @staticmethod
+    def _delete_link(ipr: IPRoute, ctid: int) -> None:
+        for index in ipr.link_lookup(ifname=host_ifname(ctid)):
+            # The peer inside goes with it, and so do the routes through it.
+            with _ignoring(_ENOENT, 19):  # gone meanwhile (ENODEV)
+                ipr.link("del", index=index)
 
     def _enable_forwarding(self, addresses: tuple[Address, ...]) -> None:
         if any(a.version == 4 for a in addresses) and _write_sysctl("ipv4/ip_forward", "1"):
@@ -231,13 +271,7 @@ class Network:
         finally:
             os.close(fd)
         index = int(ipr.link_lookup(ifname=name)[0])
-        conf = f"{name}"
-        _write_sysctl(f"ipv4/conf/{conf}/proxy_arp", "1")
-        _write_sysctl(f"ipv6/conf/{conf}/accept_ra", "0")
-        _write_sysctl(f"ipv6/conf/{conf}/accept_dad", "0")
-        ipr.link("set", index=index, state="up")
-        with _ignoring(_EEXIST):
-            ipr.addr("add", index=index, address=HOST_LINK_LOCAL6, prefixlen=64, flags=_IFA_F_NODAD)
+        prepare_host_end(ipr, index, name)
         return index
 
     @staticmethod
@@ -286,7 +320,7 @@ class Network:
                     ipr.route("del", dst="::/0", oif=index)
 
     @staticmethod
-    def _route_to(ipr: IPRoute, index: int, wanted: tuple[Address, ...]) -> None:
+    def route_to(ipr: IPRoute, index: int, wanted: tuple[Address, ...]) -> None:
         """Host routes through the veth: exactly one per container address."""
         for family in (2, 10):
             for route in ipr.get_routes(family=family, oif=index, table=254):

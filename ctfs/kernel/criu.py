@@ -1,0 +1,261 @@
+"""CRIU, the engine of checkpoints: finding it, and the dump and restore command lines.
+
+The options are the ones checked on these machines (DESIGN.md §7):
+
+- ``--freeze-cgroup``: CRIU takes the whole freezer cgroup, so nothing forks while it
+  attaches.  ctfs freezes the cgroup itself first (CRIU's own wait polls in 100 ms
+  steps); after a failed dump CRIU leaves a cgroup it found frozen frozen, so the
+  caller thaws it.
+- ``--tcp-established``, ``--file-locks``, ``--link-remap``: established TCP
+  connections, file locks and open-but-deleted files are part of the container.
+- ``--network-lock nftables``: the container's traffic is held while it is dumped,
+  with libnftables (no iptables binary needed).
+- ``--external veth[eth0]:ctfs<CTID>``: the container's eth0 is one end of a pair
+  whose other end is on the host; restore recreates the pair, and the action script
+  (``ctfs.kernel.criu_action``) readies the host end before the container runs.
+- ``--manage-cgroups=soft`` with ``--cgroup-yard /sys/fs/cgroup``: processes go
+  back into the cgroups ctfs created (with their limits) beforehand, and CRIU mounts
+  no cgroup tree of its own that a killed CRIU could leave behind.
+
+Every run has a time limit: a damaged image can make CRIU spin or wait forever.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctfs.kernel import CGROUP_ROOT
+
+DEFAULT_BINARY = Path("/opt/ctfs/criu/sbin/criu")
+MIN_VERSION = (4, 2)
+LOG_TAIL_LINES = 6
+
+
+class CriuError(Exception):
+    """CRIU failed; the text is the reason from its log."""
+
+
+@dataclass(frozen=True)
+class Veth:
+    """The container's eth0 and the name of its host end."""
+
+    guest: str
+    host: str
+
+    @property
+    def external(self) -> str:
+        return f"veth[{self.guest}]:{self.host}"
+
+
+def find_binary(wanted: Path | None) -> Path | None:
+    """``wanted``, else the one tools/setup builds, else a criu on PATH."""
+    if wanted is not None:
+        return wanted
+    if DEFAULT_BINARY.exists():
+        return DEFAULT_BINARY
+    found = shutil.which("criu")
+    return Path(found) if found else None
+
+
+def _version(text: str) -> tuple[int, ...] | None:
+    for line in text.splitlines():
+        if line.startswith("Version:"):
+            try:
+                return tuple(int(p) for p in line.split(":", 1)[1].strip().split(".")[:3])
+            except ValueError:
+                return None
+    return None
+
+
+class Criu:
+    def __init__(self, binary: Path | None) -> None:
+        self.binary = find_binary(binary)
+        self.version = ""
+        self.unavailable: str | None = "not checked yet"
+
+    def probe(self) -> str | None:
+        """Check that checkpoints can work here; the reason they cannot, or None."""
+        self.unavailable = self._probe()
+        return self.unavailable
+
+    def _probe(self) -> str | None:
+        if self.binary is None:
+            return f"no CRIU: {DEFAULT_BINARY} is missing and no criu is on PATH (tools/setup)"
+        try:
+            done = subprocess.run(
+                [str(self.binary), "--version"], capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{self.binary} does not run: {exc}"
+        version = _version(done.stdout)
+        if version is None:
+            return f"{self.binary} --version says nothing usable"
+        self.version = ".".join(map(str, version))
+        if version[:2] < MIN_VERSION:
+            return (
+                f"CRIU {self.version} at {self.binary} is too old: it cannot dump sockets on "
+                f"this kernel; {'.'.join(map(str, MIN_VERSION))} or newer is needed"
+            )
+        check = subprocess.run(
+            [str(self.binary), "check"], capture_output=True, text=True, timeout=60
+        )
+        if check.returncode != 0:
+            reason = (check.stderr or check.stdout).strip().splitlines()[-1:] or ["no output"]
+            return f"criu check fails: {reason[0]}"
+        return None
+
+    # ------------------------------------------------------------ commands
+
+    def dump(
+        self,
+        pid: int,
+        images: Path,
+        work: Path,
+        freezer: Path,
+        veth: Veth | None,
+        timeout: float,
+        on_timeout: Callable[[], None],
+    ) -> None:
+        argv = [
+            "dump",
+            "--tree", str(pid),
+            "--images-dir", str(images),
+            "--work-dir", str(work),
+            "--log-file", "dump.log",
+            "--freeze-cgroup", str(freezer),
+            "--tcp-established",
+            "--file-locks",
+            "--link-remap",
+            "--network-lock", "nftables",
+        ]  # fmt: skip
+        if veth is not None:
+            argv += ["--external", veth.external]
+        self._run(argv, work / "dump.log", timeout, on_timeout, env={})
+
+    def restore(
+        self,
+        images: Path,
+        work: Path,
+        root: Path,
+        veth: Veth | None,
+        action_env: dict[str, str],
+        cgroup_roots: Sequence[str],
+        timeout: float,
+        on_timeout: Callable[[], None],
+    ) -> int:
+        """Restore detached; return the host PID of the restored init."""
+        pidfile = work / "init.pid"
+        argv = [
+            "restore",
+            "--restore-detached",
+            "--images-dir", str(images),
+            "--work-dir", str(work),
+            "--log-file", "restore.log",
+            "--pidfile", str(pidfile),
+            "--root", str(root),
+            "--tcp-established",
+            "--file-locks",
+            "--link-remap",
+            "--manage-cgroups=soft",
+            "--cgroup-yard", str(CGROUP_ROOT),
+        ]  # fmt: skip
+        for mapping in cgroup_roots:
+            argv += ["--cgroup-root", mapping]
+        env: dict[str, str] = {}
+        if veth is not None:
+            argv += ["--external", veth.external]
+            argv += ["--action-script", str(_action_script(work))]
+            env = action_env
+        self._run(argv, work / "restore.log", timeout, on_timeout, env)
+        try:
+            return int(pidfile.read_text().strip())
+        except (OSError, ValueError) as exc:
+            raise CriuError(f"restore left no usable pidfile: {exc}") from exc
+
+    def _run(
+        self,
+        argv: list[str],
+        log: Path,
+        timeout: float,
+        on_timeout: Callable[[], None],
+        env: dict[str, str],
+    ) -> None:
+        if self.binary is None or self.unavailable is not None:
+            raise CriuError(f"checkpoints are unavailable: {self.unavailable}")
+        proc = subprocess.Popen(
+            [str(self.binary), *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+            # Its own process group: a terminal's Ctrl-C for ctfsd must not cut it short.
+            start_new_session=True,
+        )
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # A damaged image can make CRIU wait for processes that never come: end
+            # those first (CRIU then gives up by itself), then CRIU.
+            on_timeout()
+            try:
+                _, stderr = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+            raise CriuError(f"criu {argv[0]} did not finish within {timeout:g} s") from None
+        if proc.returncode != 0:
+            how = (
+                f"was killed by signal {-proc.returncode}"
+                if proc.returncode < 0
+                else f"exited with status {proc.returncode}"
+            )
+            raise CriuError(f"criu {argv[0]} {how}: {log_reason(log, stderr)}")
+
+
+def _action_script(work: Path) -> Path:
+    """CRIU execs its action script at every stage: only one needs Python started."""
+    script = work / "action"
+    script.write_text(
+        "#!/bin/sh\n"
+        '[ "$CRTOOLS_SCRIPT_ACTION" = post-setup-namespaces ] || exit 0\n'
+        f"exec {sys.executable} -I -m ctfs.kernel.criu_action\n"
+    )
+    script.chmod(0o700)
+    return script
+
+
+def log_reason(log: Path, stderr: str = "") -> str:
+    """The lines of a CRIU log that say what went wrong (errors), joined."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        lines = []
+    errors = [line.strip() for line in lines if "Error" in line or "error" in line]
+    picked = errors[-LOG_TAIL_LINES:] or [line.strip() for line in lines[-2:]]
+    if not picked and stderr.strip():
+        picked = stderr.strip().splitlines()[-2:]
+    return " | ".join(picked) or "no reason in its log"
+
+
+def remove_network_lock(pid: int) -> None:
+    """Drop the nftables tables a killed CRIU left to hold the container's traffic."""
+    from pyroute2.nftables.main import NFTables
+
+    from ctfs.kernel import netns
+
+    with netns.entered(pid):
+        with NFTables(nfgen_family=0) as nft:
+            tables = [
+                (msg["nfgen_family"], msg.get_attr("NFTA_TABLE_NAME")) for msg in nft.get_tables()
+            ]
+        for family, name in tables:
+            if name and name.startswith("CRIU"):
+                with NFTables(nfgen_family=family) as nft:
+                    nft.table("del", name=name)

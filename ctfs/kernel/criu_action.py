@@ -1,0 +1,34 @@
+"""CRIU's action script for a restore: ``python -m ctfs.kernel.criu_action``.
+
+CRIU runs it at every stage of a restore, with the stage in CRTOOLS_SCRIPT_ACTION.
+At post-setup-namespaces CRIU has just recreated the container's veth pair (the
+host end down, bare) and the container does not run yet: the host end is readied
+here, from CTFS_HOST_VETH and CTFS_ADDRESSES, which ctfsd put in CRIU's environment.
+A non-zero exit aborts the restore.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> int:
+    if os.environ.get("CRTOOLS_SCRIPT_ACTION") != "post-setup-namespaces":
+        return 0
+    import ipaddress
+
+    from ctfs.kernel.network import NetworkError, ready_restored_host_end
+
+    name = os.environ.get("CTFS_HOST_VETH", "")
+    addresses = [ipaddress.ip_address(a) for a in os.environ.get("CTFS_ADDRESSES", "").split()]
+    try:
+        ready_restored_host_end(name, addresses)
+    except (NetworkError, OSError) as exc:
+        print(f"ctfs: cannot ready {name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
