@@ -93,6 +93,8 @@ class Container:
         self.dump_path = self.dir / DUMP
         # Whether a complete dump file is there (the container is frozen if not running).
         self._frozen = False
+        # The dump file as this ctfsd last wrote or verified it (see dumpfile.unpack).
+        self._dump_stamp: tuple[int, ...] | None = None
 
     # ----------------------------------------------------------- settings
 
@@ -496,6 +498,7 @@ class Container:
                 f"cannot write the dump file ({exc}); the container runs on"
             ) from exc
         self._frozen = True
+        self._dump_stamp = _stamp(self.dump_path)
         await self._finish_stop(init, network=False)
         await self._forget_link()
         await trio.to_thread.run_sync(self._drop_scratch)
@@ -533,8 +536,11 @@ class Container:
         if self.host.cgroups.pids(self.ctid):
             raise kernel_failed("the container's cgroup still holds processes; not restoring")
         images, work = await trio.to_thread.run_sync(self._scratch)
+        verified = self._dump_stamp is not None and self._dump_stamp == _stamp(self.dump_path)
         try:
-            manifest = await trio.to_thread.run_sync(dumpfile.unpack, self.dump_path, images)
+            manifest = await trio.to_thread.run_sync(
+                dumpfile.unpack, self.dump_path, images, not verified
+            )
         except dumpfile.DumpError as exc:
             await trio.to_thread.run_sync(self._drop_scratch)
             raise kernel_failed(f"the dump file is refused: {exc}") from exc
@@ -636,6 +642,7 @@ class Container:
 
         await trio.to_thread.run_sync(put_in_place)
         self._frozen = True
+        self._dump_stamp = _stamp(self.dump_path)
         self.events.record(
             f"dump: {size} bytes written in (a checkpoint of container "
             f"{manifest.info.get('ctid', '?')}); the container is frozen"
@@ -822,6 +829,15 @@ class Container:
             storage.delete_subvolume(fresh)
             raise
         storage.delete_subvolume(old)
+
+
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    """What changes whenever a file's contents may have: device, inode, size, times."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _reap(pid: int) -> str:
