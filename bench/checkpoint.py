@@ -65,6 +65,8 @@ class Side:
     freeze_ms: list[float] = field(default_factory=list)
     restore_ms: list[float] = field(default_factory=list)
     size: list[int] = field(default_factory=list)
+    # raw only: making the images durable (fsync), which ctfs's freeze includes.
+    sync_ms: list[float] = field(default_factory=list)
 
     def row(self, label: str) -> str:
         if not self.freeze_ms:
@@ -115,6 +117,14 @@ def raw_cycle(daemon: Ctfsd, ctid: int, root: Path, pid: int, work: Path, into: 
     )  # fmt: skip
     into.freeze_ms.append(dumped * 1000)
     into.size.append(sum(p.stat().st_size for p in images.iterdir()))
+    began = time.perf_counter()
+    for path in images.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    into.sync_ms.append((time.perf_counter() - began) * 1000)
     pidfile = work / "init.pid"
     pidfile.unlink(missing_ok=True)
     restored = must(
@@ -152,7 +162,7 @@ def lxc_cycle(lxc: LxcContainer, work: Path, into: Side) -> None:
             into.size.append(sum(p.stat().st_size for p in images.rglob("*") if p.is_file()))
 
 
-def bench_workload(hog: bool, runs: int, work: Path) -> tuple[Side, Side]:
+def bench_workload(hog: bool, runs: int) -> tuple[Side, Side, str]:
     ours, raw = Side(), Side()
     daemon = Ctfsd()
     peer_daemon = Ctfsd()
@@ -165,18 +175,29 @@ def bench_workload(hog: bool, runs: int, work: Path) -> tuple[Side, Side]:
         # From here on nothing but criu touches the peer's tree.
         peer_daemon.kill()
         root = peer_daemon.state / "202" / "root"
+        # Raw images on the same kind of filesystem as ctfs's dump: the peer's pool.
+        work = peer_daemon.state / "raw-criu"
         ctfs_cycle(ct, daemon.state, Side())  # warm-up, both sides
         peer_pid = raw_cycle(peer_daemon, 202, root, peer_pid, work, Side())
         for _ in range(runs):
+            # Each side starts with nothing of the other's left to write back.
+            os.sync()
             ctfs_cycle(ct, daemon.state, ours)
+            os.sync()
             peer_pid = raw_cycle(peer_daemon, 202, root, peer_pid, work, raw)
+        breakdown = [
+            line.split("Z ", 1)[1]
+            for line in (ct / "events").read_text().splitlines()
+            if " frozen: " in line or " restored: " in line
+        ][-2:]
+        shutil.rmtree(work, ignore_errors=True)
     except BenchError:
         print_log_tail(daemon)
         raise
     finally:
         safely("cleaning up ctfsd", daemon.cleanup)
         safely("cleaning up the peer", peer_daemon.cleanup)
-    return ours, raw
+    return ours, raw, "; ".join(breakdown)
 
 
 def main() -> int:
@@ -189,12 +210,12 @@ def main() -> int:
     if not DEFAULT_BINARY.exists():
         raise BenchError(f"{DEFAULT_BINARY} is missing; run sudo tools/setup")
     work = Path(tempfile.mkdtemp(prefix="ctfs-bench-criu-"))
-    results: dict[str, tuple[Side, Side]] = {}
+    results: dict[str, tuple[Side, Side, str]] = {}
     lxc_side, lxc_note = Side(), ""
     try:
         for name, hog in (("idle", False), (f"{HOG_MIB} MiB", True)):
             print(f"{name}: {args.runs} freeze/restore cycles each ...", flush=True)
-            results[name] = bench_workload(hog, args.runs, work)
+            results[name] = bench_workload(hog, args.runs)
         if not args.skip_lxc:
             lxc_side, lxc_note = bench_lxc(work, args.runs)
     finally:
@@ -202,14 +223,18 @@ def main() -> int:
 
     print(f"\nmedians of {args.runs} runs   {'freeze':>11} {'restore':>10} {'round trip':>10}"
           f" {'image':>11}")  # fmt: skip
-    for name, (ours, raw) in results.items():
+    for name, (ours, raw, breakdown) in results.items():
         print(f"{name}")
         print(ours.row("ctfs (echo frozen / echo running)"))
         print(raw.row("raw criu dump / criu restore -d"))
+        if raw.sync_ms:
+            print(f"  {'  + fsync of the raw images':<34} {statistics.median(raw.sync_ms):>8.0f} ms"
+                  "  (ctfs's freeze includes making its dump durable)")  # fmt: skip
         if ours.freeze_ms and raw.freeze_ms:
             total = statistics.median(ours.freeze_ms) + statistics.median(ours.restore_ms)
             raw_total = statistics.median(raw.freeze_ms) + statistics.median(raw.restore_ms)
             print(f"  ctfs adds {100 * (total / raw_total - 1):+.1f} % to raw CRIU's round trip")
+            print(f"  ctfs's last cycle, from events: {breakdown}")
     print("idle, LXC")
     print(lxc_side.row("lxc-checkpoint -s / -r"))
     if lxc_note:

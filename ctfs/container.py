@@ -57,6 +57,10 @@ FREEZE_TIMEOUT_S = 10.0
 # CRIU runs with a time limit: a damaged image can make it wait forever.
 CRIU_TIMEOUT_S = 300.0
 DUMP = "dump"
+# CRIU's images of the dump file this ctfsd wrote, kept while frozen: on btrfs they
+# share their extents with the dump file (no space), and a restore that finds the
+# dump unchanged runs straight from them, still in the page cache.
+KEPT_IMAGES = ".frozen-images"
 
 
 class State(enum.StrEnum):
@@ -101,6 +105,8 @@ class Container:
     def load(self) -> None:
         self.settings = config.read(self.dir / CONF)
         self._frozen = self.dump_path.exists()
+        # Nothing vouches for images kept by an earlier ctfsd: the dump file decides.
+        self._drop_kept()
 
     def persist(self, **changes: str) -> None:
         """Write ``changes`` into ctid.conf atomically; the in-memory copy follows."""
@@ -417,6 +423,7 @@ class Container:
                 self.dump_path.unlink()
             self._frozen = False
         self._drop_scratch()
+        self._drop_kept()
 
     def _scratch(self) -> tuple[Path, Path]:
         """Empty directories for CRIU's images and its work files (logs, pidfile)."""
@@ -429,6 +436,13 @@ class Container:
     def _drop_scratch(self) -> None:
         for name in (".criu-images", ".criu-work"):
             shutil.rmtree(self.dir / name, ignore_errors=True)
+
+    def _keep_images(self, images: Path) -> None:
+        self._drop_kept()
+        images.rename(self.dir / KEPT_IMAGES)
+
+    def _drop_kept(self) -> None:
+        shutil.rmtree(self.dir / KEPT_IMAGES, ignore_errors=True)
 
     async def _freeze(self) -> None:
         """Checkpoint into the dump file and end the processes; or change nothing."""
@@ -501,6 +515,7 @@ class Container:
         self._dump_stamp = _stamp(self.dump_path)
         await self._finish_stop(init, network=False)
         await self._forget_link()
+        await trio.to_thread.run_sync(self._keep_images, images)
         await trio.to_thread.run_sync(self._drop_scratch)
         written = time.monotonic()
         self.events.record(
@@ -537,10 +552,17 @@ class Container:
             raise kernel_failed("the container's cgroup still holds processes; not restoring")
         images, work = await trio.to_thread.run_sync(self._scratch)
         verified = self._dump_stamp is not None and self._dump_stamp == _stamp(self.dump_path)
+        kept = self.dir / KEPT_IMAGES
         try:
-            manifest = await trio.to_thread.run_sync(
-                dumpfile.unpack, self.dump_path, images, not verified
-            )
+            if verified and kept.is_dir():
+                manifest = await trio.to_thread.run_sync(
+                    dumpfile.read_manifest, self.dump_path, False
+                )
+                images = kept
+            else:
+                manifest = await trio.to_thread.run_sync(
+                    dumpfile.unpack, self.dump_path, images, not verified
+                )
         except dumpfile.DumpError as exc:
             await trio.to_thread.run_sync(self._drop_scratch)
             raise kernel_failed(f"the dump file is refused: {exc}") from exc
@@ -551,6 +573,7 @@ class Container:
             await self._restore_from(images, work, manifest)
         finally:
             await trio.to_thread.run_sync(self._drop_scratch)
+        await trio.to_thread.run_sync(self._drop_kept)
         try:
             await trio.to_thread.run_sync(self.dump_path.unlink)
         except OSError as exc:
@@ -641,6 +664,7 @@ class Container:
             dumpfile.fsync_dir(self.dir)
 
         await trio.to_thread.run_sync(put_in_place)
+        await trio.to_thread.run_sync(self._drop_kept)
         self._frozen = True
         self._dump_stamp = _stamp(self.dump_path)
         self.events.record(
@@ -649,6 +673,7 @@ class Container:
         )
 
     async def _discard_dump(self) -> None:
+        await trio.to_thread.run_sync(self._drop_kept)
         await trio.to_thread.run_sync(self.dump_path.unlink)
         self._frozen = False
         await self._remove_network()

@@ -260,9 +260,9 @@ def unpack(path: Path, images: Path, checksums: bool = True) -> Manifest:
     return _walk(path, images, checksums)
 
 
-def read_manifest(path: Path) -> Manifest:
-    """Verify the whole file without extracting it."""
-    return _walk(path, None)
+def read_manifest(path: Path, checksums: bool = True) -> Manifest:
+    """Verify the whole file without extracting it (see ``unpack`` for ``checksums``)."""
+    return _walk(path, None, checksums)
 
 
 def _parse_manifest(data: bytes) -> dict[str, Any]:
