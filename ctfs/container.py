@@ -674,7 +674,8 @@ class Container:
 
     async def _discard_dump(self) -> None:
         await trio.to_thread.run_sync(self._drop_kept)
-        await trio.to_thread.run_sync(self.dump_path.unlink)
+        # Already gone (removed by hand) is as good as discarded.
+        await trio.to_thread.run_sync(lambda: self.dump_path.unlink(missing_ok=True))
         self._frozen = False
         await self._remove_network()
         self.events.record("stopped: the dump file was discarded")
