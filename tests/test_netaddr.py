@@ -9,7 +9,7 @@ import pytest
 
 from ctfs import netaddr
 from ctfs.errors import CtfsError
-from ctfs.kernel.network import antispoof_ruleset
+from ctfs.kernel.network import antispoof_ruleset, element_changes
 
 A = ipaddress.ip_address("198.19.0.10")
 B = ipaddress.ip_address("2001:db8::10")
@@ -80,3 +80,12 @@ def test_antispoof_ruleset_lists_each_containers_addresses_by_family() -> None:
     assert 'elements = { "ctfs101" . 2001:db8::10 }' in script
     assert "ctfs102" not in script
     assert script.startswith("add table inet ctfs\ndelete table inet ctfs\n")
+
+
+def test_element_changes_add_and_delete_by_family() -> None:
+    script = element_changes(101, [A], [B])
+    assert script == (
+        'add element inet ctfs allowed4 { "ctfs101" . 198.19.0.10 }\n'
+        'delete element inet ctfs allowed6 { "ctfs101" . 2001:db8::10 }\n'
+    )
+    assert element_changes(101, [], []) == ""

@@ -256,6 +256,16 @@ def test_spoofed_source_address_is_dropped_by_the_host(make_ct: MakeCt, lab: Lab
     assert spoofed_frames == 0
 
 
+def test_source_filter_is_rebuilt_when_its_table_was_removed(make_ct: MakeCt, lab: Lab) -> None:
+    ct = make_ct(_address())
+    assert lab.in_host("nft", "delete", "table", "inet", "ctfs").returncode == 0
+    extra = _address()
+    assert write_errno(ct / "ip", f"+{extra}".encode()) == 0
+    table = lab.in_host("nft", "list", "table", "inet", "ctfs").stdout
+    assert extra in table and "drop" in table
+    assert _ping(ct, CLIENT_V4, "-I", extra)
+
+
 def test_iptables_rule_in_one_container_does_not_affect_another(make_ct: MakeCt) -> None:
     ct_a = make_ct(_address())
     ct_b = make_ct(_address())
