@@ -139,3 +139,9 @@ class Capture:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
