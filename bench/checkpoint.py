@@ -35,9 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.start_stop import (
+from bench.common import (
     BenchError,
-    LxcContainer,
     ensure_packages,
     must,
     print_log_tail,
@@ -45,6 +44,7 @@ from bench.start_stop import (
     safely,
     write_state,
 )
+from bench.start_stop import LxcContainer
 from ctfs.kernel.criu import DEFAULT_BINARY
 from tests.ctfsd_harness import CTFS, Ctfsd, wait_for
 

@@ -59,9 +59,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
-from bench.start_stop import BenchError, must, print_log_tail, run, run_bench, safely, write_state
+from bench.common import (
+    BenchError,
+    interrupt_on_termination,
+    load_average,
+    must,
+    print_log_tail,
+    run,
+    run_bench,
+    safely,
+    uninterrupted,
+    write_state,
+)
 from ctfs.kernel import storage
 from ctfs.kernel.cgroups import remove_cgroup_dir
 from ctfs.scheduling import Scheduling
@@ -81,13 +91,6 @@ CPU_CTS = (201, 202)
 IO_CTS = (211, 212, 213)
 RAW_CHILDREN = ("a", "b", "c")
 PARTS = ("cpuunits", "cpulimit", "ioprio")
-
-
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def error_pct(measured: float, requested: float) -> float:
@@ -754,12 +757,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (os.cpu_count() or 1) < 2:
         print("bench.fairness: needs at least 2 CPUs (cpulimit 150)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
-    one, five, _ = os.getloadavg()
+    interrupt_on_termination()
     print(
         f"kernel {os.uname().release}, {os.cpu_count()} CPUs, window {args.seconds:g} s after"
-        f" {args.settle:g} s, load average {one:.2f} (1 min) {five:.2f} (5 min)"
+        f" {args.settle:g} s, {load_average()}"
     )
 
     daemon = Ctfsd()
@@ -784,15 +785,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_log_tail(daemon)
         raise
     finally:
-        for signum in HANDLED_SIGNALS:  # a second Ctrl-C must not cut the cleanup short
-            signal.signal(signum, signal.SIG_IGN)
-        safely("ending loads and removing the raw cgroups", raw.remove)
-        if daemon.proc is not None:
-            safely("stopping and removing the containers", cts.remove_all)
-        safely("ctfsd cleanup", daemon.cleanup)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        signal.signal(signal.SIGHUP, _raise_interrupt)
+        with uninterrupted():
+            safely("ending loads and removing the raw cgroups", raw.remove)
+            if daemon.proc is not None:
+                safely("stopping and removing the containers", cts.remove_all)
+            safely("ctfsd cleanup", daemon.cleanup)
 
     if units:
         print_rows(

@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bench.start_stop import (
+from bench.common import (
     BenchError,
     ensure_packages,
     must,

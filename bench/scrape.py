@@ -48,7 +48,6 @@ import errno
 import math
 import os
 import resource
-import signal
 import statistics
 import sys
 import threading
@@ -56,9 +55,16 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
-from bench.start_stop import BenchError, print_log_tail, run_bench, safely
+from bench.common import (
+    BenchError,
+    interrupt_on_termination,
+    load_average,
+    print_log_tail,
+    run_bench,
+    safely,
+    uninterrupted,
+)
 from tests.ctfsd_harness import Ctfsd, write_errno
 
 FIRST_CTID = 1001
@@ -82,13 +88,6 @@ RAW_FILES = (
 ROWS_PER_BLOCK = 24
 CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 MS = 1e3
-
-
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def read_all(path: str) -> bytes:
@@ -466,13 +465,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench.scrape: run it as root (sudo)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
-    one, five, _ = os.getloadavg()
+    interrupt_on_termination()
     print(
         f"kernel {os.uname().release}, {os.cpu_count()} CPUs,"
         f" {mem_available() / 2**30:.1f} GiB available, counts {args.counts},"
-        f" load average {one:.2f} (1 min) {five:.2f} (5 min)"
+        f" {load_average()}"
     )
 
     daemon = Ctfsd()
@@ -503,14 +500,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_log_tail(daemon)
         raise
     finally:
-        for signum in HANDLED_SIGNALS:  # a second Ctrl-C must not cut the cleanup short
-            signal.signal(signum, signal.SIG_IGN)
-        if daemon.proc is not None:
-            safely("stopping and removing the containers", fleet.remove_all)
-        safely("ctfsd cleanup", daemon.cleanup)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        signal.signal(signal.SIGHUP, _raise_interrupt)
+        with uninterrupted():
+            if daemon.proc is not None:
+                safely("stopping and removing the containers", fleet.remove_all)
+            safely("ctfsd cleanup", daemon.cleanup)
 
     if results:
         print_summary(results)

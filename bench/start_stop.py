@@ -44,11 +44,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
+from bench.common import (
+    BenchError,
+    ensure_packages,
+    interrupt_on_termination,
+    load_average,
+    must,
+    print_log_tail,
+    run,
+    run_bench,
+    safely,
+    uninterrupted,
+    write_state,
+)
 from tests.ctfsd_harness import CTFS, Ctfsd, write_errno
 
 CTID = 101
@@ -57,13 +69,8 @@ LXCFS_PACKAGES = ("lxcfs",)
 LXC_BUSYBOX_TEMPLATE = Path("/usr/share/lxc/templates/lxc-busybox")
 LXCFS_RUNTIME = Path("/run/lxcfs")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-COMMAND_TIMEOUT_S = 120.0
 MS = 1e3
 US = 1e6
-
-
-class BenchError(Exception):
-    """A step of the benchmark failed; the message says which and why."""
 
 
 @dataclass
@@ -107,141 +114,6 @@ def print_table(title: str, rows: Sequence[Samples]) -> None:
 
 
 # ------------------------------------------------------------------ helpers
-
-
-def run(
-    argv: Sequence[str], timeout: float = COMMAND_TIMEOUT_S
-) -> subprocess.CompletedProcess[str]:
-    """Run ``argv`` with no stdin, capturing output; never raises on a bad status."""
-    return subprocess.run(
-        list(argv),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def must(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT_S) -> float:
-    """Run ``argv``; return its wall time in seconds, or raise BenchError if it failed."""
-    began = time.perf_counter()
-    done = run(argv, timeout)
-    elapsed = time.perf_counter() - began
-    if done.returncode != 0:
-        output = (done.stderr.strip() or done.stdout.strip() or "no output")[-2000:]
-        raise BenchError(f"{' '.join(argv)} exited with {done.returncode}: {output}")
-    return elapsed
-
-
-def write_state(container: Path, word: str) -> float:
-    """Write ``word`` to the container's state file; return the time it took."""
-    began = time.perf_counter()
-    status = write_errno(container / "state", word.encode())
-    elapsed = time.perf_counter() - began
-    if status != 0:
-        raise BenchError(f"writing {word!r} to {container}/state failed: {os.strerror(status)}")
-    return elapsed
-
-
-def missing_packages(names: Sequence[str]) -> list[str]:
-    missing = []
-    for name in names:
-        done = run(["dpkg-query", "-W", "-f=${Status}", name], timeout=30)
-        if done.stdout.strip() != "install ok installed":
-            missing.append(name)
-    return missing
-
-
-@contextlib.contextmanager
-def no_service_starts() -> Iterator[None]:
-    """Keep maintainer scripts from starting services (lxc-net would make a bridge).
-
-    Debian's policy-rc.d mechanism: exit status 101 denies every start.  A
-    policy-rc.d that is already there is left as it is.
-    """
-    policy = Path("/usr/sbin/policy-rc.d")
-    if policy.exists():
-        yield
-        return
-    policy.write_text("#!/bin/sh\n# temporary, from bench.start_stop\nexit 101\n")
-    policy.chmod(0o755)
-    try:
-        yield
-    finally:
-        policy.unlink(missing_ok=True)
-
-
-def ensure_packages(names: Sequence[str]) -> None:
-    """Install the Debian packages among ``names`` that are missing; raise BenchError."""
-    missing = missing_packages(names)
-    if not missing:
-        return
-    print(f"installing {' '.join(missing)} with apt-get ...", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    with no_service_starts():
-        for argv in (
-            ["apt-get", "update", "-q"],
-            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
-        ):
-            done = subprocess.run(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=900,
-                check=False,
-            )
-            if done.returncode != 0:
-                tail = (done.stderr.strip() or done.stdout.strip())[-1500:]
-                raise BenchError(f"{' '.join(argv)} failed ({done.returncode}): {tail}")
-    still = missing_packages(names)
-    if still:
-        raise BenchError(f"packages still missing after apt-get: {' '.join(still)}")
-    keep_services_off(missing)
-
-
-def keep_services_off(packages: Sequence[str]) -> None:
-    """Undo what the maintainer scripts of freshly installed ``packages`` enabled for boot.
-
-    ``lxc`` enables lxc-net (a bridge with dnsmasq), lxc and lxc-monitord, ``lxcfs``
-    enables lxcfs on /var/lib/lxcfs; a benchmark run must not leave the next boot
-    changed.  Nothing is started or stopped here (``systemctl disable`` only edits
-    links, and ``--no-reload`` keeps a running systemd out of it).
-    """
-    unit_dirs = {Path("/lib/systemd/system"), Path("/usr/lib/systemd/system")}
-    systemctl = shutil.which("systemctl")
-    disabled = []
-    for package in packages:
-        for name in run(["dpkg-query", "-L", package], timeout=30).stdout.split():
-            path = Path(name)
-            if (
-                systemctl
-                and path.parent in unit_dirs
-                and path.suffix == ".service"
-                and "@" not in path.name
-            ):
-                argv = [systemctl, "disable", "--no-reload", path.name]
-            elif path.parent == Path("/etc/init.d") and path.is_file():
-                argv = ["update-rc.d", path.name, "disable"]
-            else:
-                continue
-            done = run(argv, timeout=60)
-            if done.returncode == 0:
-                disabled.append(str(path))
-            else:
-                print(f"warning: {' '.join(argv)}: {done.stderr.strip()}", file=sys.stderr)
-    if disabled:
-        print(f"left disabled at boot (the packages enabled them): {' '.join(disabled)}")
-
-
-def safely(what: str, action: Callable[[], object]) -> None:
-    """Run one cleanup step; report a failure and carry on with the next."""
-    try:
-        action()
-    except Exception as exc:
-        print(f"cleanup: {what} failed: {exc}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------- ctfs
@@ -561,11 +433,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"load average {one:.2f} (1 min) {five:.2f} (5 min)"
-
-
 NOTES = """
 Notes
   - Both stop paths send busybox init SIGUSR1.  busybox init then sends SIGTERM to
@@ -577,10 +444,6 @@ Notes
   - The templates differ: both start syslogd at boot; LXC's rcS also runs mount -a and
     udhcpc (no eth0 in the empty network namespace) and its inittab keeps a getty and a
     console shell; ctfs's inittab runs rcK (stops syslogd) before init kills the rest."""
-
-
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def remove_ctfs_container(container: Path) -> None:
@@ -597,10 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench.start_stop: run it as root (sudo)", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    interrupt_on_termination()
     cat = shutil.which("cat") or "/bin/cat"
-    print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, runs={args.runs}, {load()}")
+    print(f"kernel {os.uname().release}, {os.cpu_count()} CPUs, runs={args.runs}, {load_average()}")
 
     workdir = Path(tempfile.mkdtemp(prefix="ctfs-bench-"))
     daemon = Ctfsd()
@@ -643,17 +505,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_log_tail(daemon)
         raise
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
-        if lxcfs is not None:
-            safely("stopping lxcfs", lxcfs.stop)
-        if daemon.proc is not None:
-            safely(f"removing CT {CTID}", lambda: remove_ctfs_container(container))
-        safely("ctfsd cleanup", daemon.cleanup)
-        safely("removing the work directory", lambda: shutil.rmtree(workdir))
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        with uninterrupted():
+            if lxcfs is not None:
+                safely("stopping lxcfs", lxcfs.stop)
+            if daemon.proc is not None:
+                safely(f"removing CT {CTID}", lambda: remove_ctfs_container(container))
+            safely("ctfsd cleanup", daemon.cleanup)
+            safely("removing the work directory", lambda: shutil.rmtree(workdir))
 
     print(f"\nStart and stop, {args.runs} runs each after one warm-up, settle {args.settle} s")
-    print(f"at the end: {load()}")
+    print(f"at the end: {load_average()}")
     rows: list[Samples] = []
     if ctfs_results is not None:
         rows += [ctfs_results.first, ctfs_results.start, ctfs_results.exec, ctfs_results.stop]
@@ -684,26 +545,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(NOTES)
     return 0
-
-
-def print_log_tail(daemon: Ctfsd, lines: int = 30) -> None:
-    """The end of ctfsd's log on stderr, to say why a benchmark failed."""
-    log = daemon.log_text().strip()
-    if log:
-        tail = "\n".join(log.splitlines()[-lines:])
-        print(f"ctfsd log (last lines):\n{tail}", file=sys.stderr)
-
-
-def run_bench(name: str, main: Callable[[], int]) -> None:
-    """Exit with what ``main`` returns: 130 on Ctrl-C, 1 with a sentence on BenchError."""
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; cleaned up (any cleanup failure is reported above)", file=sys.stderr)
-        sys.exit(130)
-    except BenchError as exc:
-        print(f"{name}: {exc}", file=sys.stderr)
-        sys.exit(1)
 
 
 if __name__ == "__main__":
