@@ -31,6 +31,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctfs.kernel.storage import run_tool
+
 BTRFS = "btrfs"
 # What a walk meets when a container removes or swaps a directory under it (a
 # symlink put in its place gives ELOOP, as the walk opens with O_NOFOLLOW).
@@ -55,19 +57,13 @@ _enabled_lock = threading.Lock()
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    argv = (BTRFS, *args)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    except FileNotFoundError as exc:
-        raise QuotaError(f"{BTRFS} is not installed (btrfs-progs)") from exc
-    if done.returncode != 0:
-        detail = (done.stderr or done.stdout).strip().splitlines()
-        reason = detail[-1].removeprefix("ERROR: ") if detail else f"exit status {done.returncode}"
-        if "not enabled" in reason:
+        return run_tool((BTRFS, *args), QuotaError)
+    except QuotaError as exc:
+        if "not enabled" in str(exc):
             with _enabled_lock:
                 _enabled_pools.clear()  # someone turned quotas off behind our back
-        raise QuotaError(f"{' '.join(argv[:3])}: {reason}")
-    return done
+        raise
 
 
 def ensure_enabled(pool: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 BTRFS_SUPER_MAGIC = 0x9123683E
@@ -25,15 +26,26 @@ class StorageError(Exception):
     """The pool or a subvolume operation failed; the text says what and why."""
 
 
-def _run(*argv: str) -> str:
+def run_tool(
+    argv: Sequence[str], error: Callable[[str], Exception] = StorageError
+) -> subprocess.CompletedProcess[str]:
+    """Run a storage tool (btrfs, mkfs, mount...); ``error(reason)`` if it fails.
+
+    The reason is the tool's last line of output, without btrfs's "ERROR: ".
+    """
     try:
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
-        raise StorageError(f"{argv[0]} is not installed") from exc
+        raise error(f"{argv[0]} is not installed") from exc
     if done.returncode != 0:
         detail = (done.stderr or done.stdout).strip().splitlines()
-        raise StorageError(f"{' '.join(argv[:3])}: {detail[-1] if detail else 'failed'}")
-    return done.stdout
+        reason = detail[-1].removeprefix("ERROR: ") if detail else f"exit status {done.returncode}"
+        raise error(f"{' '.join(argv[:3])}: {reason}")
+    return done
+
+
+def _run(*argv: str) -> str:
+    return run_tool(argv).stdout
 
 
 def is_btrfs(path: Path) -> bool:
