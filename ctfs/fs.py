@@ -327,9 +327,16 @@ class CtfsOperations(pyfuse3.Operations):
         if wants_write and isinstance(decl, ContainerFile) and decl.exclusive:
             assert container is not None
             self._claim(fh, handle, container, decl)
+        return self._file_info(handle, fh)
+
+    def _file_info(self, handle: OpenFile, fh: int | None = None) -> Any:
+        """Register ``handle``; every file is read with direct I/O, as in procfs: every
+        read comes from the handle (a control file's size is 0, the dump file changes
+        under the same name), never from the page cache."""
+        if fh is None:
+            fh = next(self._next_fh)
         self._handles[fh] = handle
         info = pyfuse3.FileInfo(fh=fh)
-        # procfs semantics: size 0, every read comes from the handle, never the page cache.
         info.direct_io = True
         info.keep_cache = False
         return info
@@ -345,12 +352,7 @@ class CtfsOperations(pyfuse3.Operations):
                 raise
         else:
             handle.fd = await trio.to_thread.run_sync(decl.reader, container)
-        fh = next(self._next_fh)
-        self._handles[fh] = handle
-        info = pyfuse3.FileInfo(fh=fh)
-        info.direct_io = True  # the file changes under the same name: no stale pages
-        info.keep_cache = False
-        return info
+        return self._file_info(handle)
 
     async def _render(self, container: Container | None, decl: ContainerFile | RootFile) -> str:
         if isinstance(decl, RootFile):

@@ -1,9 +1,10 @@
-"""What ctfs counts itself, from /proc, where the kernel keeps no per-container count.
+"""What ctfs counts itself, where the kernel keeps no per-container count.
 
 Files, sockets, file locks, pseudo-terminals, pending signals, locked and private
-memory of a container's processes; TCP sockets and UDP queues of its network
-namespace.  One ``count`` per container reads a few small /proc files per process,
-so a host with a thousand idle containers is scanned in well under a second.
+memory of a container's processes (from /proc); TCP sockets, UDP queues and packet
+filter rules of its network namespace (sockstat, netlink).  One ``count`` per
+container reads a few small /proc files per process, so a host with a thousand
+idle containers is scanned in well under a second.
 Processes may exit while they are counted: whatever vanished counts as nothing.
 
 Never /proc/<pid>/net/tcp: it walks the host's whole TCP hash table (shared by

@@ -30,7 +30,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctfs.kernel import CGROUP_ROOT
+from pyroute2.nftables.main import NFTables
+
+from ctfs.kernel import CGROUP_ROOT, netns
 
 DEFAULT_BINARY = Path("/opt/ctfs/criu/sbin/criu")
 MIN_VERSION = (4, 2)
@@ -246,10 +248,6 @@ def log_reason(log: Path, stderr: str = "") -> str:
 
 def remove_network_lock(pid: int) -> None:
     """Drop the nftables tables a killed CRIU left to hold the container's traffic."""
-    from pyroute2.nftables.main import NFTables
-
-    from ctfs.kernel import netns
-
     with netns.entered(pid):
         with NFTables(nfgen_family=0) as nft:
             tables = [

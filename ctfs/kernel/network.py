@@ -355,10 +355,10 @@ class Network:
             for address in stale:
                 with _ignoring(_ENOENT, _ESRCH):
                     ipr.neigh("del", dst=str(address), ifindex=index, flags=_NTF_PROXY)
+            if any(a.version == 6 for a in wanted):
+                name = ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
+                _write_sysctl(f"ipv6/conf/{name}/proxy_ndp", "1")
             for address in wanted:
-                if address.version == 6:
-                    name = ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
-                    _write_sysctl(f"ipv6/conf/{name}/proxy_ndp", "1")
                 ipr.neigh("replace", dst=str(address), ifindex=index, flags=_NTF_PROXY)
         if wanted:
             self._proxied[ctid] = wanted
