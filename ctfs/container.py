@@ -497,15 +497,20 @@ class Container:
         try:
             size = await trio.to_thread.run_sync(dumpfile.pack, images, self.dump_path, info)
         except OSError as exc:
-            # The images are still on disk: bring the container back from them.
+            # The images are still on disk: bring the container back from them (CRIU
+            # recreates the veth, so the old host end must be gone first).
             await self._finish_stop(init, network=False)
+            await self._forget_link()
             try:
                 await self._restore_from(images, work, dumpfile.Manifest(info, {}))
             except CtfsError as again:
                 await trio.to_thread.run_sync(self.host.network.remove, self.ctid)
+                # Out of the scratch directory, which the next checkpoint empties.
+                saved = self.dir / f".failed-images-{int(time.time())}"
+                await trio.to_thread.run_sync(images.rename, saved)
                 raise kernel_failed(
                     f"cannot write the dump file ({exc}) nor restore from the images "
-                    f"({again.sentence}); they are kept in {images}"
+                    f"({again.sentence}); they are kept in {saved}"
                 ) from exc
             await trio.to_thread.run_sync(self._drop_scratch)
             raise kernel_failed(
@@ -554,22 +559,20 @@ class Container:
         verified = self._dump_stamp is not None and self._dump_stamp == _stamp(self.dump_path)
         kept = self.dir / KEPT_IMAGES
         try:
-            if verified and kept.is_dir():
-                manifest = await trio.to_thread.run_sync(
-                    dumpfile.read_manifest, self.dump_path, False
-                )
-                images = kept
-            else:
-                manifest = await trio.to_thread.run_sync(
-                    dumpfile.unpack, self.dump_path, images, not verified
-                )
-        except dumpfile.DumpError as exc:
-            await trio.to_thread.run_sync(self._drop_scratch)
-            raise kernel_failed(f"the dump file is refused: {exc}") from exc
-        except OSError as exc:
-            await trio.to_thread.run_sync(self._drop_scratch)
-            raise kernel_failed(f"cannot read the dump file: {exc}") from exc
-        try:
+            try:
+                if verified and kept.is_dir():
+                    manifest = await trio.to_thread.run_sync(
+                        dumpfile.read_manifest, self.dump_path, False
+                    )
+                    images = kept
+                else:
+                    manifest = await trio.to_thread.run_sync(
+                        dumpfile.unpack, self.dump_path, images, not verified
+                    )
+            except dumpfile.DumpError as exc:
+                raise kernel_failed(f"the dump file is refused: {exc}") from exc
+            except OSError as exc:
+                raise kernel_failed(f"cannot read the dump file: {exc}") from exc
             await self._restore_from(images, work, manifest)
         finally:
             await trio.to_thread.run_sync(self._drop_scratch)

@@ -223,6 +223,21 @@ def test_killed_criu_leaves_the_container_running(counting: Path, ctfsd: Ctfsd) 
     assert not (ctfsd.state / counting.name / "dump").exists()
 
 
+def test_unwritable_dump_file_brings_the_container_back(counting: Path, ctfsd: Ctfsd) -> None:
+    # A directory where the dump file goes makes its final rename fail after CRIU
+    # has already ended the processes: ctfs must restore them from CRIU's images.
+    blocker = ctfsd.state / counting.name / "dump"
+    blocker.mkdir()
+    try:
+        assert write_errno(counting / "state", b"frozen") == errno.EIO
+        assert _state(counting) == "running"
+        before = _counter(counting)
+        assert wait_for(lambda: _counter(counting) > before + 2, timeout=5)
+        assert "the container runs on" in (counting / "events").read_text()
+    finally:
+        blocker.rmdir()
+
+
 def test_damaged_dump_is_refused_and_stays_frozen(counting: Path, ctfsd: Ctfsd) -> None:
     _freeze(counting)
     dump = ctfsd.state / counting.name / "dump"
