@@ -100,16 +100,12 @@ def prepare(mount: Path, ctid: str, hog: bool) -> Path:
     return ct
 
 
-def cgroup_of(daemon: Ctfsd, ctid: int, controller: str) -> Path:
-    return daemon.cgroup_dir(controller, ctid)
-
-
 def raw_cycle(daemon: Ctfsd, ctid: int, root: Path, pid: int, work: Path, into: Side) -> int:
     """criu dump then criu restore -d of the tree of ``pid``; the restored init's PID."""
     images = work / "images"
     shutil.rmtree(images, ignore_errors=True)
     images.mkdir(parents=True)
-    freezer = cgroup_of(daemon, ctid, "freezer")
+    freezer = daemon.cgroup_dir("freezer", ctid)
     dumped = must(
         [str(DEFAULT_BINARY), "dump", "-t", str(pid), "-D", str(images), "--work-dir",
          str(work), "-o", "dump.log", "--freeze-cgroup", str(freezer), *CRIU_DUMP_OPTIONS],
