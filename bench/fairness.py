@@ -73,8 +73,8 @@ from bench.common import (
     write_state,
 )
 from ctfs.kernel import storage
-from ctfs.kernel.cgroups import remove_cgroup_dir
-from ctfs.scheduling import Scheduling
+from ctfs.kernel.cgroup_v1 import cpu_shares, remove_cgroup_dir
+from ctfs.policy.scheduling import Scheduling
 from tests.ctfsd_harness import CTFS, Ctfsd, write_errno
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -345,7 +345,7 @@ def bench_cpuunits(cts: Containers, raw: RawCgroups, settle: float, seconds: flo
         cts.write_setting(light, "cpuunits", units[0])
         cts.write_setting(heavy, "cpuunits", units[1])
         shares = [read_int(cts.cgroup("cpu", ct) / "cpu.shares") for ct in CPU_CTS]
-        expected = [Scheduling(cpuunits=u).cpu_shares() for u in units]
+        expected = [cpu_shares(Scheduling(cpuunits=u).cpu_weight()) for u in units]
         if shares != expected:
             raise BenchError(f"ctfs wrote cpu.shares {shares}, its own mapping says {expected}")
         baselines = [cts.start_loops(ct, BUSY, 1, pin_cpu0=True) for ct in CPU_CTS]

@@ -70,7 +70,7 @@ from tests.ctfsd_harness import Ctfsd, write_errno
 FIRST_CTID = 1001
 TARGET_CTS = 1000
 TARGET_S = 1.0
-SAMPLE_PERIOD_S = 5.0  # ctfs.host.BEANCOUNTER_SAMPLE_S
+SAMPLE_PERIOD_S = 5.0  # ctfs.model.host.BEANCOUNTER_SAMPLE_S
 EHASH_SYSCTLS = ("tcp_ehash_entries", "tcp_child_ehash_entries")
 # What ctfs reads per container besides the cgroup files, the part that grows with N
 # (ctfs.kernel.accounting): the TCP and UDP tables of the container's network namespace.

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 
-from ctfs.values import parse_ctid
+from ctfs.policy.values import parse_ctid
 
 EXIT_CTFS_FAILED = 125
 EXIT_CANNOT_RUN = 126

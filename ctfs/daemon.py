@@ -21,10 +21,10 @@ import trio
 
 from ctfs import __version__
 from ctfs.fs import CtfsOperations
-from ctfs.host import Host, HostOptions
-from ctfs.kernel import libc, storage
-from ctfs.kernel.cgroups import CgroupsV1
+from ctfs.kernel import backends, libc, storage
+from ctfs.kernel.cgroup_v1 import CgroupsV1
 from ctfs.kernel.templates import TemplateStore
+from ctfs.model.host import Host
 
 log = logging.getLogger("ctfsd")
 
@@ -167,14 +167,12 @@ def prepare(args: argparse.Namespace) -> CgroupsV1:
 
 
 async def serve(args: argparse.Namespace, cgroups: CgroupsV1, ready: int | None) -> None:
-    options = HostOptions(
-        state_dir=args.state_dir,
+    host = Host(
+        backends.real(args.state_dir, cgroups, args.uplink, args.criu),
+        args.state_dir,
         default_template=args.default_template,
         stop_timeout=args.stop_timeout,
-        uplink=args.uplink,
-        criu=args.criu,
     )
-    host = Host(options, cgroups)
     operations = CtfsOperations(host)
     fuse_options = set(pyfuse3.default_options)
     fuse_options |= {"fsname=ctfs", "subtype=ctfs", "allow_other", "default_permissions"}

@@ -28,21 +28,28 @@ ALT_TEMPLATE = "busybox-alt"
 
 
 def write_errno(path: Path, data: bytes, offset: int = 0) -> int:
-    """Write ``data`` as ``echo`` would; return 0 or the errno the write got."""
+    """Write ``data`` and close, as ``echo`` would; return 0 or the errno it got.
+
+    A command without a final newline is carried out when the file is closed (see
+    ctfs.fs.commands), so its error comes from close().
+    """
     try:
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     except OSError as exc:
         return exc.errno or -1
+    error = 0
     try:
         if offset:
             os.pwrite(fd, data, offset)
         else:
             os.write(fd, data)
     except OSError as exc:
-        return exc.errno or -1
-    finally:
+        error = exc.errno or -1
+    try:
         os.close(fd)
-    return 0
+    except OSError as exc:
+        error = error or exc.errno or -1
+    return error
 
 
 def ctfs_exec(container: Path, *command: str) -> subprocess.CompletedProcess[str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ctfs.sizes import PAGE_BYTES
+from ctfs.policy.sizes import PAGE_BYTES
 from tests.ctfsd_harness import Ctfsd, ctfs_exec, wait_for, write_errno
 
 

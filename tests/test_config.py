@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ctfs import config
+from ctfs import conffile as config
 
 
 def test_parse_reads_openvz_syntax_and_skips_comments() -> None:

@@ -7,9 +7,9 @@ import ipaddress
 
 import pytest
 
-from ctfs import netaddr
 from ctfs.errors import CtfsError
-from ctfs.kernel.network import antispoof_ruleset, element_changes
+from ctfs.kernel.source_filter import antispoof_ruleset, element_changes
+from ctfs.policy import netaddr
 
 A = ipaddress.ip_address("198.19.0.10")
 B = ipaddress.ip_address("2001:db8::10")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ctfs.errors import CtfsError
-from ctfs.files.quota import parse_command
+from ctfs.policy.quota import parse_command
 from tests.conftest import _ctids
 from tests.ctfsd_harness import Ctfsd, ctfs_exec, wait_for, write_errno
 

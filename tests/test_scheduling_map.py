@@ -7,34 +7,43 @@ import errno
 import pytest
 
 from ctfs.errors import CtfsError
-from ctfs.scheduling import Scheduling, parse_number
+from ctfs.kernel.cgroup_v1 import cpu_shares
+from ctfs.policy.scheduling import Scheduling, parse_number
+
+
+def shares(units: int) -> int:
+    return cpu_shares(Scheduling(cpuunits=units).cpu_weight())
 
 
 @pytest.mark.parametrize("units", [8, 1000, 3000, 250_000, 500_000])
 def test_cpuunits_map_into_the_kernels_share_range(units: int) -> None:
-    assert 2 <= Scheduling(cpuunits=units).cpu_shares() <= 262_144
+    assert 2 <= shares(units) <= 262_144
 
 
 def test_cpuunits_ratios_survive_the_mapping() -> None:
-    low, high = Scheduling(cpuunits=1000).cpu_shares(), Scheduling(cpuunits=3000).cpu_shares()
-    assert high / low == pytest.approx(3, rel=0.01)
+    assert shares(3000) / shares(1000) == pytest.approx(3, rel=0.01)
 
 
 def test_extreme_cpuunits_keep_their_ratio() -> None:
-    ratio = Scheduling(cpuunits=500_000).cpu_shares() / Scheduling(cpuunits=1000).cpu_shares()
-    assert ratio == pytest.approx(500, rel=0.01)
+    assert shares(500_000) / shares(1000) == pytest.approx(500, rel=0.01)
+
+
+def test_the_cpu_weight_is_proportional_to_cpuunits() -> None:
+    assert Scheduling(cpuunits=500_000).cpu_weight() == 1
+    assert Scheduling(cpuunits=1000).cpu_weight() == pytest.approx(0.002)
 
 
 def test_no_cpulimit_and_all_cpus_is_no_cap() -> None:
-    assert Scheduling().cpu_quota_us() is None
+    assert Scheduling().cpu_cap().quota_us is None
 
 
 def test_cpulimit_is_a_quota_per_100_ms() -> None:
-    assert Scheduling(cpulimit=25).cpu_quota_us() == 25_000
+    cap = Scheduling(cpulimit=25).cpu_cap()
+    assert (cap.quota_us, cap.period_us) == (25_000, 100_000)
 
 
 def test_cpus_caps_cpulimit() -> None:
-    assert Scheduling(cpulimit=300, cpus=2).cpu_quota_us() == 200_000
+    assert Scheduling(cpulimit=300, cpus=2).cpu_cap().quota_us == 200_000
 
 
 def test_cpus_picks_that_many_cpus_rotated_by_ctid() -> None:

@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from ctfs.errors import CtfsError
-from ctfs.sizes import PAGE_BYTES, UNLIMITED, parse_pair, parse_size
+from ctfs.policy.sizes import PAGE_BYTES, UNLIMITED, parse_pair, parse_size
 
 KIB = 1024
 

@@ -6,9 +6,9 @@ import errno
 
 import pytest
 
-from ctfs import ubc
 from ctfs.errors import CtfsError
-from ctfs.sizes import PAGE_BYTES, UNLIMITED
+from ctfs.policy import beancounters as ubc
+from ctfs.policy.sizes import PAGE_BYTES, UNLIMITED
 
 
 def test_the_table_has_24_rows_in_openvz_order() -> None:

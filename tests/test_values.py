@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from ctfs.errors import CtfsError
-from ctfs.values import command_text, parse_ctid, parse_hostname, shown
+from ctfs.policy.values import command_text, parse_ctid, parse_hostname, shown
 
 
 @pytest.mark.parametrize("name,ctid", [("1", 1), ("101", 101), ("2147483644", 2147483644)])

@@ -1,23 +1,43 @@
-"""Control-file declarations: every file ctfs shows is declared exactly once here."""
+"""Control-file declarations: every node ctfs shows is declared exactly once here.
+
+``TREE`` is the whole filesystem: the host's files at the top, and one directory
+per container holding the container's files.
+"""
 
 from __future__ import annotations
 
 from ctfs.files import beancounters, checkpoint, lifecycle, network, quota, root, scheduling
-from ctfs.files.base import ContainerFile, DataFile, RootFile, Upload
-
-ROOT_FILES: tuple[RootFile, ...] = root.FILES + beancounters.ROOT_FILES
-CONTAINER_FILES: tuple[ContainerFile, ...] = (
-    lifecycle.FILES + scheduling.FILES + beancounters.FILES + quota.FILES + network.FILES
+from ctfs.files.nodes import (
+    Containers,
+    ControlFile,
+    DataFile,
+    Directory,
+    File,
+    HostFile,
+    Node,
 )
 
-DATA_FILES: tuple[DataFile, ...] = checkpoint.FILES
+CONTAINER_NODES: tuple[Node, ...] = (
+    *lifecycle.FILES,
+    *scheduling.FILES,
+    *beancounters.FILES,
+    *quota.FILES,
+    *network.FILES,
+    *checkpoint.FILES,
+)
+
+TREE = Directory(
+    "",
+    (*root.FILES, *beancounters.HOST_FILES, Containers(CONTAINER_NODES)),
+)
 
 __all__ = [
-    "CONTAINER_FILES",
-    "DATA_FILES",
-    "ROOT_FILES",
-    "ContainerFile",
+    "TREE",
+    "Containers",
+    "ControlFile",
     "DataFile",
-    "RootFile",
-    "Upload",
+    "Directory",
+    "File",
+    "HostFile",
+    "Node",
 ]

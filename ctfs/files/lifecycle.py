@@ -2,53 +2,51 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import trio
 
-from ctfs.files.base import ContainerFile
-from ctfs.values import parse_hostname, single_word
+from ctfs.files.nodes import ControlFile
+from ctfs.model import network, state
+from ctfs.model.caller import Caller
+from ctfs.model.container import Container
+from ctfs.policy.values import parse_hostname, single_word
 
-if TYPE_CHECKING:
-    from ctfs.container import Container
 
-
-async def _state(ct: Container) -> str:
+async def _state(ct: Container, caller: Caller) -> str:
     return f"{ct.state.value}\n"
 
 
-async def _set_state(ct: Container, text: str) -> None:
-    await ct.request_state(single_word(text, "running, stopped or frozen"))
+async def _set_state(ct: Container, text: str, caller: Caller) -> None:
+    await state.request(ct, single_word(text, "running, stopped or frozen"))
 
 
-async def _template(ct: Container) -> str:
+async def _template(ct: Container, caller: Caller) -> str:
     return f"{ct.template_name}\n"
 
 
-async def _set_template(ct: Container, text: str) -> None:
-    await ct.set_template(single_word(text, "the name of an installed template"))
+async def _set_template(ct: Container, text: str, caller: Caller) -> None:
+    await state.set_template(ct, single_word(text, "the name of an installed template"))
 
 
-async def _hostname(ct: Container) -> str:
+async def _hostname(ct: Container, caller: Caller) -> str:
     return f"{ct.hostname}\n"
 
 
-async def _set_hostname(ct: Container, text: str) -> None:
-    await ct.set_hostname(parse_hostname(text))
+async def _set_hostname(ct: Container, text: str, caller: Caller) -> None:
+    await network.set_hostname(ct, parse_hostname(text))
 
 
-async def _procs(ct: Container) -> str:
+async def _procs(ct: Container, caller: Caller) -> str:
     return "".join(f"{pid}\n" for pid in ct.pids())
 
 
-async def _events(ct: Container) -> str:
+async def _events(ct: Container, caller: Caller) -> str:
     return await trio.to_thread.run_sync(ct.events.render)
 
 
 FILES = (
-    ContainerFile("state", _state, _set_state, exclusive=True),
-    ContainerFile("template", _template, _set_template),
-    ContainerFile("hostname", _hostname, _set_hostname),
-    ContainerFile("procs", _procs),
-    ContainerFile("events", _events),
+    ControlFile("state", _state, _set_state, exclusive=True, settings_only=False),
+    ControlFile("template", _template, _set_template, settings_only=False),
+    ControlFile("hostname", _hostname, _set_hostname),
+    ControlFile("procs", _procs),
+    ControlFile("events", _events),
 )

@@ -2,32 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from ctfs import netaddr
-from ctfs.files.base import ContainerFile
-
-if TYPE_CHECKING:
-    from ctfs.container import Container
+from ctfs.files.nodes import ControlFile
+from ctfs.model import apply, network
+from ctfs.model.caller import Caller
+from ctfs.model.container import Container
+from ctfs.policy import netaddr
 
 
-async def _addresses(ct: Container) -> str:
+async def _addresses(ct: Container, caller: Caller) -> str:
     return netaddr.render_lines(ct.addresses)
 
 
-async def _set_addresses(ct: Container, text: str) -> None:
-    await ct.set_addresses(text)
+async def _set_addresses(ct: Container, text: str, caller: Caller) -> None:
+    await network.set_addresses(ct, text)
 
 
-async def _nameservers(ct: Container) -> str:
-    return netaddr.render_lines(ct.nameservers_in(ct.settings) or [])
+async def _nameservers(ct: Container, caller: Caller) -> str:
+    return netaddr.render_lines(apply.nameservers_in(ct.settings) or [])
 
 
-async def _set_nameservers(ct: Container, text: str) -> None:
-    await ct.set_nameservers(netaddr.parse_nameservers(text))
+async def _set_nameservers(ct: Container, text: str, caller: Caller) -> None:
+    await network.set_nameservers(ct, netaddr.parse_nameservers(text))
 
 
 FILES = (
-    ContainerFile("ip", _addresses, _set_addresses),
-    ContainerFile("nameserver", _nameservers, _set_nameservers),
+    ControlFile("ip", _addresses, _set_addresses),
+    ControlFile("nameserver", _nameservers, _set_nameservers),
 )

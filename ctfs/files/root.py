@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ctfs import __version__
-from ctfs.files.base import RootFile
+from ctfs.files.nodes import HostFile
+from ctfs.model.caller import Caller
+from ctfs.model.host import Host
 
-if TYPE_CHECKING:
-    from ctfs.host import Host
 
-
-async def _version(host: Host) -> str:
+async def _version(host: Host, caller: Caller) -> str:
     return f"ctfs {__version__}\n"
 
 
-async def _templates(host: Host) -> str:
-    return "".join(f"{name}\n" for name in host.templates.names())
+async def _templates(host: Host, caller: Caller) -> str:
+    return "".join(f"{name}\n" for name in host.template_names())
 
 
 FILES = (
-    RootFile("version", _version),
-    RootFile("templates", _templates),
+    HostFile("version", _version),
+    HostFile("templates", _templates),
 )

@@ -17,26 +17,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from ctfs.kernel import firewall
+from ctfs.kernel import nft_rules
+from ctfs.kernel.api import ProcessCounts
 
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-@dataclass(frozen=True)
-class ProcessCounts:
-    files: int = 0
-    sockets: int = 0
-    tcp_sockets: int = 0
-    file_locks: int = 0
-    ptys: int = 0
-    pending_signals: int = 0
-    locked_pages: int = 0
-    private_pages: int = 0
-    udp_send_bytes: int = 0
-    udp_receive_bytes: int = 0
-    firewall_rules: int = 0
 
 
 def _status_fields(pid: int) -> dict[str, str]:
@@ -145,7 +130,7 @@ def count(pids: Iterable[int], init_pid: int | None, locks: dict[int, int]) -> P
     tcp = udp_tx = udp_rx = ptys = rules = 0
     if init_pid is not None:
         try:
-            rules = firewall.rules(init_pid)
+            rules = nft_rules.count(init_pid)
         except OSError:
             rules = 0  # init is gone meanwhile
         tcp = _sockets_in_use(init_pid, "sockstat", "TCP")

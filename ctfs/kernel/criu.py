@@ -1,6 +1,7 @@
-"""CRIU, the engine of checkpoints: finding it, and the dump and restore command lines.
+"""CRIU, the engine of checkpoints: the ``Checkpointer`` backend.
 
-The options are the ones checked on these machines (DESIGN.md §7):
+Finding it, checking it works here, and the dump and restore command lines.  The
+options are the ones checked by hand on kernel 6.18 with CRIU 4.2.1:
 
 - ``--freeze-cgroup``: CRIU takes the whole freezer cgroup, so nothing forks while it
   attaches.  ctfs freezes the cgroup itself first (CRIU's own wait polls in 100 ms
@@ -13,7 +14,7 @@ The options are the ones checked on these machines (DESIGN.md §7):
 - ``--external veth[eth0]:ctfs<CTID>``: the container's eth0 is one end of a pair
   whose other end is on the host; restore recreates the pair, and the action script
   (``ctfs.kernel.criu_action``) readies the host end before the container runs.
-- ``--manage-cgroups=soft`` with ``--cgroup-yard /sys/fs/cgroup``: processes go
+- ``--manage-cgroups=soft`` with the cgroup backend's yard: processes go
   back into the cgroups ctfs created (with their limits) beforehand, and CRIU mounts
   no cgroup tree of its own that a killed CRIU could leave behind.
 
@@ -26,33 +27,21 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 from pyroute2.nftables.main import NFTables
 
-from ctfs.kernel import CGROUP_ROOT, netns
+from ctfs.kernel import netns
+from ctfs.kernel.api import CriuDump, CriuError, CriuRestore, Veth
 
 DEFAULT_BINARY = Path("/opt/ctfs/criu/sbin/criu")
 MIN_VERSION = (4, 2)
 LOG_TAIL_LINES = 6
 
 
-class CriuError(Exception):
-    """CRIU failed; the text is the reason from its log."""
-
-
-@dataclass(frozen=True)
-class Veth:
-    """The container's eth0 and the name of its host end."""
-
-    guest: str
-    host: str
-
-    @property
-    def external(self) -> str:
-        return f"veth[{self.guest}]:{self.host}"
+def _external(veth: Veth) -> str:
+    return f"veth[{veth.guest}]:{veth.host}"
 
 
 def find_binary(wanted: Path | None) -> Path | None:
@@ -114,71 +103,70 @@ class Criu:
 
     # ------------------------------------------------------------ commands
 
-    def dump(
-        self,
-        pid: int,
-        images: Path,
-        work: Path,
-        freezer: Path,
-        veth: Veth | None,
-        timeout: float,
-        on_timeout: Callable[[], None],
-    ) -> None:
+    def dump(self, options: CriuDump, on_timeout: Callable[[], None]) -> None:
         argv = [
             "dump",
-            "--tree", str(pid),
-            "--images-dir", str(images),
-            "--work-dir", str(work),
+            "--tree", str(options.pid),
+            "--images-dir", str(options.images),
+            "--work-dir", str(options.work),
             "--log-file", "dump.log",
-            "--freeze-cgroup", str(freezer),
+            "--freeze-cgroup", options.cgroups.freeze_cgroup,
             "--tcp-established",
             "--file-locks",
             "--link-remap",
             "--network-lock", "nftables",
         ]  # fmt: skip
-        if veth is not None:
-            argv += ["--external", veth.external]
-        self._run(argv, work / "dump.log", timeout, on_timeout, env={})
+        if options.veth is not None:
+            argv += ["--external", _external(options.veth)]
+        self._run(argv, options.work / "dump.log", options.timeout, on_timeout, env={})
 
-    def restore(
-        self,
-        images: Path,
-        work: Path,
-        root: Path,
-        veth: Veth | None,
-        action_env: dict[str, str],
-        cgroup_roots: Sequence[str],
-        timeout: float,
-        on_timeout: Callable[[], None],
-    ) -> int:
+    def restore(self, options: CriuRestore, on_timeout: Callable[[], None]) -> int:
         """Restore detached; return the host PID of the restored init."""
+        work = options.work
         pidfile = work / "init.pid"
         argv = [
             "restore",
             "--restore-detached",
-            "--images-dir", str(images),
+            "--images-dir", str(options.images),
             "--work-dir", str(work),
             "--log-file", "restore.log",
             "--pidfile", str(pidfile),
-            "--root", str(root),
+            "--root", str(options.root),
             "--tcp-established",
             "--file-locks",
             "--link-remap",
             "--manage-cgroups=soft",
-            "--cgroup-yard", str(CGROUP_ROOT),
+            "--cgroup-yard", options.cgroups.yard,
         ]  # fmt: skip
-        for mapping in cgroup_roots:
-            argv += ["--cgroup-root", mapping]
+        if not options.same_cgroups:
+            for mapping in options.cgroups.roots:
+                argv += ["--cgroup-root", mapping]
         env: dict[str, str] = {}
-        if veth is not None:
-            argv += ["--external", veth.external]
+        if options.veth is not None:
+            argv += ["--external", _external(options.veth)]
             argv += ["--action-script", str(_action_script(work))]
-            env = action_env
-        self._run(argv, work / "restore.log", timeout, on_timeout, env)
+            env = {
+                "CTFS_HOST_VETH": options.veth.host,
+                "CTFS_ADDRESSES": " ".join(options.addresses),
+            }
+        self._run(argv, work / "restore.log", options.timeout, on_timeout, env)
         try:
             return int(pidfile.read_text().strip())
         except (OSError, ValueError) as exc:
             raise CriuError(f"restore left no usable pidfile: {exc}") from exc
+
+    def remove_network_lock(self, pid: int) -> None:
+        """Drop the nftables tables a killed CRIU left to hold the container's traffic."""
+        with netns.entered(pid):
+            with NFTables(nfgen_family=0) as nft:
+                tables = [
+                    (msg["nfgen_family"], msg.get_attr("NFTA_TABLE_NAME"))
+                    for msg in nft.get_tables()
+                ]
+            for family, name in tables:
+                if name and name.startswith("CRIU"):
+                    with NFTables(nfgen_family=family) as nft:
+                        nft.table("del", name=name)
 
     def _run(
         self,
@@ -244,16 +232,3 @@ def log_reason(log: Path, stderr: str = "") -> str:
     if not picked and stderr.strip():
         picked = stderr.strip().splitlines()[-2:]
     return " | ".join(picked) or "no reason in its log"
-
-
-def remove_network_lock(pid: int) -> None:
-    """Drop the nftables tables a killed CRIU left to hold the container's traffic."""
-    with netns.entered(pid):
-        with NFTables(nfgen_family=0) as nft:
-            tables = [
-                (msg["nfgen_family"], msg.get_attr("NFTA_TABLE_NAME")) for msg in nft.get_tables()
-            ]
-        for family, name in tables:
-            if name and name.startswith("CRIU"):
-                with NFTables(nfgen_family=family) as nft:
-                    nft.table("del", name=name)

@@ -18,7 +18,8 @@ def main() -> int:
         return 0
     import ipaddress
 
-    from ctfs.kernel.network import NetworkError, ready_restored_host_end
+    from ctfs.kernel.api import NetworkError
+    from ctfs.kernel.network import ready_restored_host_end
 
     name = os.environ.get("CTFS_HOST_VETH", "")
     addresses = [ipaddress.ip_address(a) for a in os.environ.get("CTFS_ADDRESSES", "").split()]

@@ -9,10 +9,7 @@ other machines on the uplink's network reach the container.  Traffic between two
 containers therefore always passes the host's routing; no container ever shares a
 link with another, so it cannot capture another's packets.
 
-Source addresses are checked on the host side by one nftables table, ``inet ctfs``:
-a packet entering from a ``ctfs*`` veth passes only if its (interface, source)
-pair is in the allowed set (IPv6 link-local excepted, for neighbour discovery).
-The table is replaced as a whole in one atomic transaction at every change.
+Source addresses are checked by ``ctfs.kernel.source_filter``, a backend of its own.
 
 Invariants: ``configure`` and ``remove`` are idempotent and converge the kernel to
 what they are given; all of them run in worker threads, serialised by one lock.
@@ -21,18 +18,21 @@ what they are given; all of them run in worker threads, serialised by one lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from ctfs.kernel import netns, nftables
-from ctfs.netaddr import Address
+from ctfs.kernel import netns
+from ctfs.kernel.api import IPAddress as Address
+from ctfs.kernel.api import NetworkError, Veth
 
 log = logging.getLogger(__name__)
 
@@ -40,49 +40,19 @@ HOST_PREFIX = "ctfs"
 GUEST_IFNAME = "eth0"
 # The container's IPv6 next hop: the host end's own link-local address.
 HOST_LINK_LOCAL6 = "fe80::1"
-TABLE = "ctfs"
 UPLINK_AUTO = "auto"
 UPLINK_NONE = "none"
 
 _NTF_PROXY = 0x08
 _IFA_F_NODAD = 0x02
 _RT_SCOPE_LINK = 253
-_ENOENT, _ESRCH, _EEXIST, _EADDRNOTAVAIL = 2, 3, 17, 99
+# The main routing table (RT_TABLE_MAIN in <linux/rtnetlink.h>).
+_MAIN_TABLE = 254
 
 
 def host_ifname(ctid: int) -> str:
     """The host end of a container's veth (at most 14 characters: IFNAMSIZ is 16)."""
     return f"{HOST_PREFIX}{ctid}"
-
-
-def antispoof_ruleset(allowed: dict[int, tuple[Address, ...]]) -> str:
-    """The nft script that replaces table ``inet ctfs`` with one allowing ``allowed``."""
-    pairs = [(c, a) for c, addrs in sorted(allowed.items()) for a in addrs]
-    v4: list[tuple[int, Address]] = [(c, a) for c, a in pairs if a.version == 4]
-    v6: list[tuple[int, Address]] = [(c, a) for c, a in pairs if a.version == 6]
-
-    def elements(pairs: list[tuple[int, Address]]) -> str:
-        if not pairs:
-            return ""
-        listed = ", ".join(f'"{host_ifname(c)}" . {a}' for c, a in pairs)
-        return f"elements = {{ {listed} }}"
-
-    return f"""\
-add table inet {TABLE}
-delete table inet {TABLE}
-table inet {TABLE} {{
-    set allowed4 {{ type ifname . ipv4_addr; {elements(v4)} }}
-    set allowed6 {{ type ifname . ipv6_addr; {elements(v6)} }}
-    chain antispoof {{
-        type filter hook prerouting priority raw; policy accept;
-        iifname != "{HOST_PREFIX}*" accept
-        iifname . ip saddr @allowed4 accept
-        ip6 saddr fe80::/10 accept
-        iifname . ip6 saddr @allowed6 accept
-        meta nfproto {{ ipv4, ipv6 }} counter drop
-    }}
-}}
-"""
 
 
 def prepare_host_end(ipr: IPRoute, index: int, name: str) -> None:
@@ -92,7 +62,7 @@ def prepare_host_end(ipr: IPRoute, index: int, name: str) -> None:
     _write_sysctl(f"ipv6/conf/{name}/accept_ra", "0")
     _write_sysctl(f"ipv6/conf/{name}/accept_dad", "0")
     ipr.link("set", index=index, state="up")
-    with _ignoring(_EEXIST):
+    with _ignoring(errno.EEXIST):
         ipr.addr("add", index=index, address=HOST_LINK_LOCAL6, prefixlen=64, flags=_IFA_F_NODAD)
 
 
@@ -110,22 +80,6 @@ def ready_restored_host_end(name: str, addresses: Iterable[Address]) -> None:
         index = int(found[0])
         prepare_host_end(ipr, index, name)
         Network.route_to(ipr, index, tuple(addresses))
-
-
-def element_changes(ctid: int, added: list[Address], removed: list[Address]) -> str:
-    """The nft script that adds and removes ``ctid``'s entries in the allowed sets."""
-    lines = []
-    for verb, addresses in (("add", added), ("delete", removed)):
-        for version in (4, 6):
-            picked = [a for a in addresses if a.version == version]
-            if picked:
-                listed = ", ".join(f'"{host_ifname(ctid)}" . {a}' for a in picked)
-                lines.append(f"{verb} element inet {TABLE} allowed{version} {{ {listed} }}")
-    return "".join(f"{line}\n" for line in lines)
-
-
-class NetworkError(OSError):
-    """A network change the kernel or nft refused; the text says which and why."""
 
 
 @contextlib.contextmanager
@@ -164,10 +118,10 @@ class Network:
     def __init__(self, uplink: str = UPLINK_AUTO) -> None:
         self.uplink = uplink
         self._lock = threading.Lock()
-        self._allowed: dict[int, tuple[Address, ...]] = {}
-        # Whether table inet ctfs is known to be as antispoof_ruleset makes it.
-        self._table_ready = False
         self._proxied: dict[int, tuple[Address, ...]] = {}
+
+    def veth(self, ctid: int) -> Veth:
+        return Veth(GUEST_IFNAME, host_ifname(ctid))
 
     # ----------------------------------------------------------- queries
 
@@ -188,8 +142,8 @@ class Network:
         if self.uplink != UPLINK_AUTO:
             return list(ipr.link_lookup(ifname=self.uplink))
         found: list[int] = []
-        for family in (2, 10):  # AF_INET, AF_INET6
-            for route in ipr.get_routes(family=family, table=254):
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_routes(family=family, table=_MAIN_TABLE):
                 oif = route.get_attr("RTA_OIF")
                 if route["dst_len"] == 0 and oif and oif not in found:
                     found.append(oif)
@@ -197,7 +151,7 @@ class Network:
 
     # ----------------------------------------------------------- changes
 
-    def configure(self, ctid: int, pid: int, addresses: Iterable[Address]) -> None:
+    def configure(self, ctid: int, pid: int, addresses: Sequence[Address]) -> None:
         """Make container ``ctid`` (init ``pid``) reachable at exactly ``addresses``."""
         wanted = tuple(addresses)
         with self._lock:
@@ -210,19 +164,15 @@ class Network:
                 self._configure_guest(pid, wanted)
                 self.route_to(ipr, index, wanted)
                 self._proxy(ipr, ctid, wanted)
-            self._allow(ctid, wanted)
 
-    def adopt(self, running: dict[int, tuple[Address, ...]]) -> None:
+    def adopt(self, running: Mapping[int, Sequence[Address]]) -> None:
         """Take over the networks of containers that ran on while ctfsd was away.
 
         Their veths, routes and proxies are still in the kernel; ctfs only has to
-        know them again, and to make sure the source filter allows exactly them.
+        know them again.
         """
         with self._lock:
-            wanted = {ctid: addrs for ctid, addrs in running.items() if addrs}
-            self._proxied = dict(wanted)
-            if wanted:
-                self._write_table(wanted)
+            self._proxied = {ctid: tuple(addrs) for ctid, addrs in running.items() if addrs}
 
     def remove(self, ctid: int) -> None:
         """Remove everything ``configure`` made for ``ctid``; nothing left on the host."""
@@ -238,7 +188,7 @@ class Network:
         with self._lock, _netlink(f"remove {host_ifname(ctid)}") as ipr:
             self._delete_link(ipr, ctid)
 
-    def forget_proxies(self, ctid: int, addresses: Iterable[Address]) -> None:
+    def forget(self, ctid: int, addresses: Sequence[Address]) -> None:
         """Proxy entries an earlier ctfsd may have left for ``addresses`` go too."""
         with self._lock:
             self._proxied[ctid] = tuple({*self._proxied.get(ctid, ()), *addresses})
@@ -248,8 +198,6 @@ class Network:
         with _netlink(f"remove {host_ifname(ctid)}") as ipr:
             self._delete_link(ipr, ctid)
             self._proxy(ipr, ctid, ())
-        if ctid in self._allowed:
-            self._allow(ctid, ())
 
     # ------------------------------------------------------------- steps
 
@@ -257,7 +205,7 @@ class Network:
     def _delete_link(ipr: IPRoute, ctid: int) -> None:
         for index in ipr.link_lookup(ifname=host_ifname(ctid)):
             # The peer inside goes with it, and so do the routes through it.
-            with _ignoring(_ENOENT, 19):  # gone meanwhile (ENODEV)
+            with _ignoring(errno.ENOENT, errno.ENODEV):  # gone meanwhile
                 ipr.link("del", index=index)
 
     def _enable_forwarding(self, addresses: tuple[Address, ...]) -> None:
@@ -306,7 +254,7 @@ class Network:
                 if m["scope"] == 0  # global: link-local ones are the kernel's
             }
             for address in present - set(wanted):
-                with _ignoring(_EADDRNOTAVAIL):
+                with _ignoring(errno.EADDRNOTAVAIL):
                     ipr.addr(
                         "del", index=index, address=str(address), prefixlen=address.max_prefixlen
                     )
@@ -324,24 +272,24 @@ class Network:
             if has4:
                 ipr.route("replace", dst="0.0.0.0/0", oif=index, scope=_RT_SCOPE_LINK)
             else:
-                with _ignoring(_ESRCH, _ENOENT):
+                with _ignoring(errno.ESRCH, errno.ENOENT):
                     ipr.route("del", dst="0.0.0.0/0", oif=index)
             if has6:
                 ipr.route("replace", dst="::/0", gateway=HOST_LINK_LOCAL6, oif=index)
             else:
-                with _ignoring(_ESRCH, _ENOENT):
+                with _ignoring(errno.ESRCH, errno.ENOENT):
                     ipr.route("del", dst="::/0", oif=index)
 
     @staticmethod
     def route_to(ipr: IPRoute, index: int, wanted: tuple[Address, ...]) -> None:
         """Host routes through the veth: exactly one per container address."""
-        for family in (2, 10):
-            for route in ipr.get_routes(family=family, oif=index, table=254):
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_routes(family=family, oif=index, table=_MAIN_TABLE):
                 dst = route.get_attr("RTA_DST")
                 if dst is None or route["dst_len"] not in (32, 128):
                     continue
                 if ipaddress.ip_address(dst) not in wanted:
-                    with _ignoring(_ESRCH, _ENOENT):
+                    with _ignoring(errno.ESRCH, errno.ENOENT):
                         ipr.route("del", dst=f"{dst}/{route['dst_len']}", oif=index)
         for address in wanted:
             scope = _RT_SCOPE_LINK if address.version == 4 else 0
@@ -353,7 +301,7 @@ class Network:
         stale = [a for a in self._proxied.get(ctid, ()) if a not in wanted]
         for index in uplinks:
             for address in stale:
-                with _ignoring(_ENOENT, _ESRCH):
+                with _ignoring(errno.ENOENT, errno.ESRCH):
                     ipr.neigh("del", dst=str(address), ifindex=index, flags=_NTF_PROXY)
             if any(a.version == 6 for a in wanted):
                 name = ipr.get_links(index)[0].get_attr("IFLA_IFNAME")
@@ -364,30 +312,3 @@ class Network:
             self._proxied[ctid] = wanted
         else:
             self._proxied.pop(ctid, None)
-
-    def _allow(self, ctid: int, wanted: tuple[Address, ...]) -> None:
-        allowed = dict(self._allowed)
-        if wanted:
-            allowed[ctid] = wanted
-        else:
-            allowed.pop(ctid, None)
-        if self._table_ready:
-            # Element changes cost 0.2 ms; replacing the table waits for the kernel's
-            # RCU grace periods (10-20 ms here), so that is done once per ctfsd.
-            old = self._allowed.get(ctid, ())
-            script = element_changes(
-                ctid, [a for a in wanted if a not in old], [a for a in old if a not in wanted]
-            )
-            if not script or nftables.load(script) is None:
-                self._allowed = allowed
-                return
-            log.warning("the source filter was not as ctfsd left it; rewriting it whole")
-        self._write_table(allowed)
-
-    def _write_table(self, allowed: dict[int, tuple[Address, ...]]) -> None:
-        error = nftables.load(antispoof_ruleset(allowed))
-        if error is not None:
-            self._table_ready = False
-            raise NetworkError(f"nftables refused the source-address filter: {error}")
-        self._table_ready = True
-        self._allowed = allowed

@@ -28,9 +28,9 @@ import os
 import stat
 import subprocess
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
+from ctfs.kernel.api import SpaceUsage
 from ctfs.kernel.storage import run_tool
 
 BTRFS = "btrfs"
@@ -43,59 +43,72 @@ class QuotaError(OSError):
     """A btrfs quota operation failed; the text says which and why."""
 
 
-@dataclass(frozen=True)
-class SpaceUsage:
-    """A subvolume's qgroup: bytes referenced and exclusive, and its referenced limit."""
-
-    referenced: int
-    exclusive: int
-    limit: int | None
-
-
-_enabled_pools: set[Path] = set()
-_enabled_lock = threading.Lock()
-
-
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    try:
-        return run_tool((BTRFS, *args), QuotaError)
-    except QuotaError as exc:
-        if "not enabled" in str(exc):
-            with _enabled_lock:
-                _enabled_pools.clear()  # someone turned quotas off behind our back
-        raise
+    return run_tool((BTRFS, *args), QuotaError)
 
 
-def ensure_enabled(pool: Path) -> None:
-    """Turn btrfs quota groups on for the filesystem holding ``pool``, once.
+class BtrfsQuota:
+    """The ``Quota`` backend: btrfs quota groups of the pool at ``pool``."""
 
-    Idempotent and cheap after the first call in this process.  Returns only when
-    the initial rescan is over, so usage read afterwards counts every file.
-    """
-    with _enabled_lock:
-        if pool in _enabled_pools:
-            return
-    _run("quota", "enable", str(pool))
-    _run("quota", "rescan", "-W", str(pool))
-    with _enabled_lock:
-        _enabled_pools.add(pool)
+    def __init__(self, pool: Path) -> None:
+        self.pool = pool
+        self._enabled = False
+        self._lock = threading.Lock()
+
+    def _ensure_enabled(self) -> None:
+        """Turn quota groups on for the pool, once per ctfsd (or again if turned off).
+
+        Returns only when the initial rescan is over, so usage read afterwards
+        counts every file.
+        """
+        with self._lock:
+            if self._enabled:
+                return
+            _run("quota", "enable", str(self.pool))
+            _run("quota", "rescan", "-W", str(self.pool))
+            self._enabled = True
+
+    def _checked(self, *args: str) -> subprocess.CompletedProcess[str]:
+        self._ensure_enabled()
+        try:
+            return _run(*args)
+        except QuotaError as exc:
+            if "not enabled" in str(exc):
+                with self._lock:
+                    self._enabled = False  # someone turned quotas off behind our back
+            raise
+
+    def space_usage(self, area: Path) -> SpaceUsage:
+        """The qgroup figures of ``area``, as of now (pending writes committed first).
+
+        Inconsistent figures are rescanned (waiting for the rescan) before they are used.
+        """
+        done = self._checked(*_SHOW, str(area))
+        if "inconsistent" in done.stderr:
+            self._checked("quota", "rescan", "-w", str(area))
+            done = self._checked(*_SHOW, str(area))
+        return _parse_show(done.stdout, area)
+
+    def set_space_limit(self, area: Path, hard_bytes: int | None) -> None:
+        """Limit the bytes ``area`` may reference (None: no limit); takes effect at once.
+
+        The limit is set by qgroup id through the parent directory, not through the
+        subvolume itself: the ioctl starts a transaction charged to the subvolume it
+        is issued on, so on a subvolume at or over its limit it fails with EDQUOT,
+        and the limit could then never be raised.
+        """
+        if hard_bytes is not None and not 0 <= hard_bytes < 1 << 64:
+            raise QuotaError(f"a limit of {hard_bytes} bytes is out of btrfs's range")
+        size = "none" if hard_bytes is None else str(hard_bytes)
+        self._checked("qgroup", "limit", size, f"0/{subvolume_id(area)}", str(area.parent))
+
+    def count_inodes(self, area: Path) -> int:
+        return count_inodes(area)
 
 
-def space_usage(subvolume: Path) -> SpaceUsage:
-    """The qgroup figures of ``subvolume``, as of now (pending writes committed first).
-
-    Inconsistent figures are rescanned (waiting for the rescan) before they are used.
-    """
-    done = _show(subvolume)
-    if "inconsistent" in done.stderr:
-        _run("quota", "rescan", "-w", str(subvolume))
-        done = _show(subvolume)
-    return _parse_show(done.stdout, subvolume)
-
-
-def _show(subvolume: Path) -> subprocess.CompletedProcess[str]:
-    # -f: only the qgroup of the subvolume holding the path; -r -e: the limits too.
-    return _run("qgroup", "show", "--raw", "-r", "-e", "-f", "--sync", str(subvolume))
+# -f: only the qgroup of the subvolume holding the path; -r -e: the limits too;
+# --sync: commit pending writes first.
+_SHOW = ("qgroup", "show", "--raw", "-r", "-e", "-f", "--sync")
 
 
 def _parse_show(text: str, subvolume: Path) -> SpaceUsage:
@@ -118,30 +131,6 @@ def _parse_show(text: str, subvolume: Path) -> SpaceUsage:
     except (IndexError, ValueError):
         raise QuotaError(f"cannot read btrfs qgroup show's line {' '.join(row)!r}") from None
     return SpaceUsage(referenced, exclusive, limit)
-
-
-def space_used(subvolume: Path) -> int:
-    """Bytes the subvolume references: every extent its files use, shared or not."""
-    return space_usage(subvolume).referenced
-
-
-def space_limit(subvolume: Path) -> int | None:
-    """The subvolume's referenced limit in bytes, or None."""
-    return space_usage(subvolume).limit
-
-
-def set_space_limit(subvolume: Path, hard_bytes: int | None) -> None:
-    """Limit the bytes ``subvolume`` may reference (None: no limit); takes effect at once.
-
-    The limit is set by qgroup id through the parent directory, not through the
-    subvolume itself: the ioctl starts a transaction charged to the subvolume it is
-    issued on, so on a subvolume at or over its limit it fails with EDQUOT, and the
-    limit could then never be raised.
-    """
-    if hard_bytes is not None and not 0 <= hard_bytes < 1 << 64:
-        raise QuotaError(f"a limit of {hard_bytes} bytes is out of btrfs's range")
-    size = "none" if hard_bytes is None else str(hard_bytes)
-    _run("qgroup", "limit", size, f"0/{subvolume_id(subvolume)}", str(subvolume.parent))
 
 
 def subvolume_id(subvolume: Path) -> int:

@@ -18,12 +18,13 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ctfs.kernel import etcfiles
+from ctfs.kernel.api import StorageError
+
 BTRFS_SUPER_MAGIC = 0x9123683E
 POOL_IMAGE = ".ctfs-pool.img"
 
-
-class StorageError(Exception):
-    """The pool or a subvolume operation failed; the text says what and why."""
+__all__ = ["BtrfsStorage", "StorageError", "ensure_pool", "pool_device", "run_tool", "use_bfq"]
 
 
 def run_tool(
@@ -139,3 +140,16 @@ def delete_subvolume(path: Path) -> None:
 def _is_subvolume(path: Path) -> bool:
     # A btrfs subvolume's root directory always has inode number 256.
     return path.stat().st_ino == 256
+
+
+class BtrfsStorage:
+    """The ``Storage`` backend: private areas as btrfs subvolumes of the pool."""
+
+    def snapshot(self, source: Path, dest: Path) -> None:
+        snapshot(source, dest)
+
+    def delete(self, path: Path) -> None:
+        delete_subvolume(path)
+
+    def update_etc_file(self, root: Path, name: str, render: Callable[[str], str]) -> bool:
+        return etcfiles.update(root, name, render)

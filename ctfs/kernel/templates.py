@@ -14,24 +14,15 @@ import logging
 import re
 import signal
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
-from ctfs import config
+from ctfs import conffile
 from ctfs.kernel import storage
+from ctfs.kernel.api import Template
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-@dataclass(frozen=True)
-class Template:
-    name: str
-    root: Path
-    init: str
-    halt_signal: signal.Signals
-    description: str
 
 
 def _signal(name: str) -> signal.Signals:
@@ -43,7 +34,7 @@ def _signal(name: str) -> signal.Signals:
 
 
 class TemplateStore:
-    """The installed templates under ``STATE/templates``."""
+    """The ``Templates`` backend: the installed templates under ``STATE/templates``."""
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "templates"
@@ -60,7 +51,7 @@ class TemplateStore:
         if not TEMPLATE_NAME.match(name) or not (self.dir / name).is_dir():
             return None
         try:
-            meta = config.read(self.dir / f"{name}.conf")
+            meta = conffile.read(self.dir / f"{name}.conf")
         except FileNotFoundError:
             return None
         return Template(
@@ -113,8 +104,8 @@ class TemplateStore:
             (self.dir / name).rename(old)
         staging.rename(self.dir / name)
         storage.delete_subvolume(old)
-        config.write_atomic(self.dir / f"{name}.conf", meta.read_bytes())
-        config.write_atomic(self.dir / f".{name}.digest", digest)
+        conffile.write_atomic(self.dir / f"{name}.conf", meta.read_bytes())
+        conffile.write_atomic(self.dir / f".{name}.digest", digest)
         log.info("imported template %s from %s", name, tarball)
 
 

@@ -1,9 +1,8 @@
-"""Container cgroups: one Protocol, and the cgroup v1 implementation.
+"""The cgroup v1 backend of ``ctfs.kernel.api.Cgroups``.
 
 Every container gets a cgroup named after its CTID under one parent (``ctfs`` by
-default) in every controller.  Families and the container model talk to the
-``Cgroups`` Protocol only; nothing outside this module knows the hierarchy layout
-or the cgroup version.
+default) in every controller.  The model talks to the Protocol only; nothing
+outside this module knows the v1 hierarchy layout or its units.
 """
 
 from __future__ import annotations
@@ -13,11 +12,10 @@ import os
 import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from ctfs import kernel
+from ctfs.kernel.api import CpuCap, CriuCgroups, Enforceable, KernelCounters, MemoryLimits
 from ctfs.kernel.security import ALLOWED_DEVICES
 
 CGROUP_ROOT = Path(kernel.CGROUP_ROOT)
@@ -25,99 +23,8 @@ CGROUP_ROOT = Path(kernel.CGROUP_ROOT)
 # The v1 controllers a container is placed in.  The named "systemd" hierarchy
 # and cgroup2 are left alone: they belong to the host's init.
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
-
-
-@dataclass(frozen=True)
-class MemoryLimits:
-    """Memory limits in bytes; None is no limit."""
-
-    ram: int | None = None  # hard limit on RAM in use
-    ram_soft: int | None = None  # reclaimed down to this first under pressure
-    ram_and_swap: int | None = None
-    tcp_buffers: int | None = None
-
-
-@dataclass(frozen=True)
-class KernelCounters:
-    """What the kernel counts for a container: bytes, tasks, refusals."""
-
-    ram: int = 0
-    ram_max: int = 0
-    ram_failcnt: int = 0
-    ram_and_swap: int = 0
-    ram_and_swap_max: int = 0
-    kmem: int = 0
-    kmem_max: int = 0
-    kmem_failcnt: int = 0
-    tcp: int = 0
-    tcp_max: int = 0
-    tcp_failcnt: int = 0
-    shmem: int = 0
-    tasks: int = 0
-    tasks_max: int = 0
-    tasks_refused: int = 0
-
-
-class Cgroups(Protocol):
-    """What ctfs needs from a cgroup hierarchy, whatever its version."""
-
-    parent: str  # the parent cgroup of every container, e.g. "ctfs"
-
-    def create(self, ctid: int) -> None:
-        """Create the container's cgroups (idempotent) with the devices baseline."""
-
-    def remove(self, ctid: int) -> None:
-        """Remove the container's cgroups; they must be empty."""
-
-    def exists(self, ctid: int) -> bool: ...
-
-    def pids(self, ctid: int) -> list[int]:
-        """Host PIDs of every process in the container, unsorted."""
-
-    def join_files(self, ctid: int) -> list[str]:
-        """The files a single-threaded process writes ``0`` to, to move itself in."""
-
-    def kill_all(self, ctid: int) -> None:
-        """SIGKILL every process of the container, with no chance to fork away."""
-
-    def freeze(self, ctid: int, timeout: float) -> None:
-        """Stop every process of the container; TimeoutError if they are not all stopped."""
-
-    def thaw(self, ctid: int) -> None:
-        """Let the container's processes run again (a no-op if they were not frozen)."""
-
-    def freezer_path(self, ctid: int) -> str:
-        """The container's freezer cgroup, as CRIU's --freeze-cgroup takes it."""
-
-    def restore_roots(self, ctid: int) -> list[str]:
-        """CRIU --cgroup-root mappings that put restored processes in ``ctid``'s cgroups."""
-
-    def populated(self) -> list[int]:
-        """CTIDs whose cgroups exist under the parent (running or left over)."""
-
-    def available_cpus(self) -> list[int]:
-        """The CPUs containers may be given (the parent's cpuset)."""
-
-    def set_cpu_weight(self, ctid: int, weight: int) -> None:
-        """Relative CPU weight among containers, in the kernel's cpu.shares units."""
-
-    def set_cpu_cap(self, ctid: int, quota_us: int | None, period_us: int) -> None:
-        """At most ``quota_us`` of CPU time per ``period_us``; None lifts the cap."""
-
-    def set_cpu_set(self, ctid: int, cpus: list[int]) -> None:
-        """The CPUs the container's processes may run on."""
-
-    def set_io_weight(self, ctid: int, weight: int) -> None:
-        """Relative disk-bandwidth weight (BFQ, 1..1000)."""
-
-    def set_memory_limits(self, ctid: int, limits: MemoryLimits) -> None:
-        """Apply every memory limit at once (None lifts one)."""
-
-    def set_task_limit(self, ctid: int, tasks: int | None) -> None:
-        """At most ``tasks`` processes and threads; None lifts the limit."""
-
-    def counters(self, ctid: int) -> KernelCounters:
-        """Usage, peaks and refusal counts; zeros for a container with no cgroups."""
+# cpu.shares is 2..262144: a weight of 1 (the largest) is the kernel's maximum.
+SHARES_MAX = 262_144
 
 
 def _write(path: Path, value: str) -> None:
@@ -137,6 +44,8 @@ class CgroupsV1:
                 f"cgroup v1 controllers not mounted under {root}: {', '.join(sorted(missing))}"
             )
         self.root = root
+        memsw = (root / "memory" / "memory.memsw.limit_in_bytes").exists()
+        self.enforces = frozenset(Enforceable) - (set() if memsw else {Enforceable.SWAP})
         for controller in self.controllers:
             self._ensure_dir(root / controller / parent, root / controller)
 
@@ -163,9 +72,6 @@ class CgroupsV1:
         _write(devices / "devices.deny", "a")
         for rule in ALLOWED_DEVICES:
             _write(devices / "devices.allow", rule)
-
-    def exists(self, ctid: int) -> bool:
-        return any(d.is_dir() for d in self._dirs(ctid))
 
     def remove(self, ctid: int) -> None:
         for path in self._dirs(ctid):
@@ -197,12 +103,27 @@ class CgroupsV1:
     def thaw(self, ctid: int) -> None:
         _write(self._dir("freezer", ctid) / "freezer.state", "THAWED")
 
-    def freezer_path(self, ctid: int) -> str:
-        return str(self._dir("freezer", ctid))
+    def criu_options(self, ctid: int) -> CriuCgroups:
+        return CriuCgroups(
+            freeze_cgroup=str(self._dir("freezer", ctid)),
+            yard=str(self.root),
+            # Per controller: a bare --cgroup-root would also move named hierarchies.
+            roots=tuple(f"{c}:/{self.parent}/{ctid}" for c in V1_CONTROLLERS),
+        )
 
-    def restore_roots(self, ctid: int) -> list[str]:
-        # Per controller: a bare --cgroup-root would also move named hierarchies.
-        return [f"{c}:/{self.parent}/{ctid}" for c in V1_CONTROLLERS]
+    def container_of(self, pid: int) -> int | None:
+        try:
+            with open(f"/proc/{pid}/cgroup") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            _, controllers, path = line.split(":", 2)
+            if "pids" in controllers.split(","):
+                parts = path.strip("/").split("/")
+                if len(parts) >= 2 and parts[0] == self.parent and parts[1].isdigit():
+                    return int(parts[1])
+        return None
 
     def kill_all(self, ctid: int) -> None:
         # Freeze first so nothing can fork between listing and killing.
@@ -221,16 +142,16 @@ class CgroupsV1:
     def available_cpus(self) -> list[int]:
         return parse_cpu_list((self.root / "cpuset" / self.parent / "cpuset.cpus").read_text())
 
-    def set_cpu_weight(self, ctid: int, weight: int) -> None:
-        _write(self._dir("cpu", ctid) / "cpu.shares", str(weight))
+    def set_cpu_weight(self, ctid: int, weight: float) -> None:
+        _write(self._dir("cpu", ctid) / "cpu.shares", str(cpu_shares(weight)))
 
-    def set_cpu_cap(self, ctid: int, quota_us: int | None, period_us: int) -> None:
+    def set_cpu_cap(self, ctid: int, cap: CpuCap) -> None:
         cpu = self._dir("cpu", ctid)
         # Lift the cap before changing the period, so no step is refused as too tight.
         _write(cpu / "cpu.cfs_quota_us", "-1")
-        _write(cpu / "cpu.cfs_period_us", str(period_us))
-        if quota_us is not None:
-            _write(cpu / "cpu.cfs_quota_us", str(quota_us))
+        _write(cpu / "cpu.cfs_period_us", str(cap.period_us))
+        if cap.quota_us is not None:
+            _write(cpu / "cpu.cfs_quota_us", str(cap.quota_us))
 
     def set_cpu_set(self, ctid: int, cpus: list[int]) -> None:
         _write(self._dir("cpuset", ctid) / "cpuset.cpus", _format_cpus(cpus))
@@ -245,8 +166,9 @@ class CgroupsV1:
             _write(memory / "memory.memsw.limit_in_bytes", "-1")
         _write(memory / "memory.limit_in_bytes", _limit(limits.ram))
         _write(memory / "memory.soft_limit_in_bytes", _limit(limits.ram_soft))
-        if limits.ram_and_swap is not None and (memory / "memory.memsw.limit_in_bytes").exists():
-            _write(memory / "memory.memsw.limit_in_bytes", str(limits.ram_and_swap))
+        if limits.ram is not None and limits.swap is not None and Enforceable.SWAP in self.enforces:
+            # v1 limits RAM and swap together.
+            _write(memory / "memory.memsw.limit_in_bytes", str(limits.ram + limits.swap))
         _write(memory / "memory.kmem.tcp.limit_in_bytes", _limit(limits.tcp_buffers))
 
     def set_task_limit(self, ctid: int, tasks: int | None) -> None:
@@ -271,21 +193,21 @@ class CgroupsV1:
                 pass
             return 0
 
+        ram = number(memory / "memory.usage_in_bytes")
+        ram_and_swap = number(memory / "memory.memsw.usage_in_bytes")
         return KernelCounters(
-            ram=number(memory / "memory.usage_in_bytes"),
-            ram_max=number(memory / "memory.max_usage_in_bytes"),
+            ram=ram,
+            ram_peak=number(memory / "memory.max_usage_in_bytes"),
             ram_failcnt=number(memory / "memory.failcnt"),
-            ram_and_swap=number(memory / "memory.memsw.usage_in_bytes"),
-            ram_and_swap_max=number(memory / "memory.memsw.max_usage_in_bytes"),
+            swap=max(0, ram_and_swap - ram),
             kmem=number(memory / "memory.kmem.usage_in_bytes"),
-            kmem_max=number(memory / "memory.kmem.max_usage_in_bytes"),
-            kmem_failcnt=number(memory / "memory.kmem.failcnt"),
+            kmem_peak=number(memory / "memory.kmem.max_usage_in_bytes"),
             tcp=number(memory / "memory.kmem.tcp.usage_in_bytes"),
-            tcp_max=number(memory / "memory.kmem.tcp.max_usage_in_bytes"),
+            tcp_peak=number(memory / "memory.kmem.tcp.max_usage_in_bytes"),
             tcp_failcnt=number(memory / "memory.kmem.tcp.failcnt"),
             shmem=keyed(memory / "memory.stat", "total_shmem"),
             tasks=number(pids / "pids.current"),
-            tasks_max=number(pids / "pids.peak"),
+            tasks_peak=number(pids / "pids.peak"),
             tasks_refused=keyed(pids / "pids.events", "max"),
         )
 
@@ -296,6 +218,11 @@ class CgroupsV1:
             if entry.is_dir() and entry.name.isdigit():
                 found.append(int(entry.name))
         return sorted(found)
+
+
+def cpu_shares(weight: float) -> int:
+    """cpu.shares for a version-neutral CPU weight (a fraction of the largest)."""
+    return max(2, round(weight * SHARES_MAX))
 
 
 def remove_cgroup_dir(path: Path, wait_s: float = 2.0) -> None:

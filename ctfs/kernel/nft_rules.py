@@ -26,7 +26,7 @@ _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, po
 _NFGENMSG = struct.pack("BBH", socket.AF_UNSPEC, 0, 0)  # family, version, resource id
 
 
-def rules(pid: int) -> int:
+def count(pid: int) -> int:
     """The number of nftables rules in the network namespace of process ``pid``."""
     with netns.entered(pid):
         sock = socket.socket(

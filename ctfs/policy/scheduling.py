@@ -1,11 +1,11 @@
 """CPU and disk scheduling settings: OpenVZ's cpuunits, cpulimit, cpus and ioprio.
 
-Pure translation from ctid.conf settings to kernel values, plus ``apply`` which
-hands them to the cgroups backend.  ``apply`` always writes every value, so it
-serves a start, a change and an undo alike.
+Pure translation from ctid.conf settings to the cgroup backend's version-neutral
+values.
 
 Mappings (also in ctfs(5)):
-- cpuunits 8..500000 -> cpu.shares, scaled by 262144/500000 so the whole range
+- cpuunits 8..500000 -> a CPU weight proportional to cpuunits (cpuunits/500000);
+  on cgroup v1 that is cpu.shares scaled by 262144/500000, so the whole range
   fits the kernel's 2..262144 and ratios between containers survive.
 - cpulimit (percent of one CPU) and cpus -> one CFS cap: the lower of cpulimit and
   cpus x 100 percent, as quota over a 100 ms period.
@@ -21,11 +21,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ctfs.errors import invalid, out_of_range
-from ctfs.kernel.cgroups import Cgroups
+from ctfs.kernel.api import CpuCap
 
 CPUUNITS_MIN, CPUUNITS_MAX, CPUUNITS_DEFAULT = 8, 500_000, 1000
 IOPRIO_MIN, IOPRIO_MAX, IOPRIO_DEFAULT = 0, 7, 4
-KERNEL_SHARES_MAX = 262_144
 CFS_PERIOD_US = 100_000
 
 
@@ -53,12 +52,13 @@ class Scheduling:
             ioprio=number("IOPRIO", IOPRIO_DEFAULT),
         )
 
-    def cpu_shares(self) -> int:
-        return max(2, round(self.cpuunits * KERNEL_SHARES_MAX / CPUUNITS_MAX))
+    def cpu_weight(self) -> float:
+        """A fraction of the largest weight, proportional to cpuunits."""
+        return self.cpuunits / CPUUNITS_MAX
 
-    def cpu_quota_us(self) -> int | None:
+    def cpu_cap(self) -> CpuCap:
         caps = [p for p in (self.cpulimit, self.cpus * 100) if p > 0]
-        return min(caps) * CFS_PERIOD_US // 100 if caps else None
+        return CpuCap(min(caps) * CFS_PERIOD_US // 100 if caps else None, CFS_PERIOD_US)
 
     def cpu_set(self, ctid: int, available: list[int]) -> list[int]:
         if not self.cpus or self.cpus >= len(available):
@@ -80,12 +80,3 @@ def parse_number(text: str, what: str, low: int, high: int) -> int:
     if not low <= value <= high:
         raise out_of_range(f"{value} is not in {low}..{high}")
     return value
-
-
-def apply(cgroups: Cgroups, ctid: int, settings: Mapping[str, str]) -> None:
-    """Set every scheduling value of container ``ctid`` from ``settings``."""
-    wanted = Scheduling.from_settings(settings)
-    cgroups.set_cpu_weight(ctid, wanted.cpu_shares())
-    cgroups.set_cpu_set(ctid, wanted.cpu_set(ctid, cgroups.available_cpus()))
-    cgroups.set_cpu_cap(ctid, wanted.cpu_quota_us(), CFS_PERIOD_US)
-    cgroups.set_io_weight(ctid, wanted.io_weight())

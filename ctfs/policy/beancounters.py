@@ -1,8 +1,15 @@
-"""User beancounters: OpenVZ's table, vzctl's limit syntax and the exact text of
-/proc/user_beancounters (Version 2.5, 64-bit widths).  Pure: no kernel here.
+"""User beancounters: OpenVZ's table, vzctl's limit syntax, the exact text of
+/proc/user_beancounters (Version 2.5, 64-bit widths), and how limits map to the
+kernel's memory and task limits.  Pure: no kernel here.
 
 Every container has a barrier:limit pair per resource, saved in ctid.conf under the
 resource's upper-case name (``NUMPROC="200:200"``), unlimited by default.
+
+Which resources the kernel enforces depends on what the cgroup backend can enforce
+(``enforced_by``); on a cgroup v1 host with memsw that is numproc, physpages (its
+barrier is the soft limit), swappages, and tcpsndbuf+tcprcvbuf together.  Every
+other resource is accounted: ctfs counts it and reports crossings, but nothing
+refuses an allocation, so its failcnt stays 0.
 """
 
 from __future__ import annotations
@@ -11,7 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ctfs.errors import CtfsError, invalid
-from ctfs.sizes import PAGE_BYTES, UNLIMITED, parse_pair
+from ctfs.kernel.api import Enforceable, KernelCounters, MemoryLimits, ProcessCounts
+from ctfs.policy.sizes import PAGE_BYTES, UNLIMITED, parse_pair
 
 BYTES, PAGES, COUNT = "bytes", "pages", "count"
 
@@ -138,3 +146,90 @@ def render_block(ctid: int, counters: Mapping[str, Counter]) -> str:
 def render(blocks: Iterable[str]) -> str:
     """The whole file: version line, header, then every block given."""
     return "Version: 2.5\n" + HEADER + "".join(blocks)
+
+
+# The kernel limit that enforces each resource, where one does.
+_ENFORCED_BY: dict[str, Enforceable] = {
+    "numproc": Enforceable.TASKS,
+    "physpages": Enforceable.RAM,
+    "swappages": Enforceable.SWAP,
+    "tcpsndbuf": Enforceable.TCP_BUFFERS,
+    "tcprcvbuf": Enforceable.TCP_BUFFERS,
+}
+
+
+def enforced_by(enforces: Iterable[Enforceable]) -> frozenset[str]:
+    """The resources the kernel enforces, given the limits the cgroups can enforce."""
+    can = set(enforces)
+    return frozenset(name for name, limit in _ENFORCED_BY.items() if limit in can)
+
+
+def _finite(value: int) -> int | None:
+    return None if value >= UNLIMITED else value
+
+
+def memory_limits(limits: Mapping[str, tuple[int, int]]) -> MemoryLimits:
+    phys_barrier, phys_limit = limits["physpages"]
+    ram = _finite(phys_limit)
+    soft = _finite(phys_barrier)
+    swap = _finite(limits["swappages"][1])
+    snd, rcv = _finite(limits["tcpsndbuf"][1]), _finite(limits["tcprcvbuf"][1])
+    return MemoryLimits(
+        ram=ram * PAGE_BYTES if ram is not None else None,
+        # A barrier of 0 is OpenVZ's "no guarantee", not "reclaim to nothing".
+        ram_soft=soft * PAGE_BYTES if soft else None,
+        swap=swap * PAGE_BYTES if swap is not None else None,
+        tcp_buffers=snd + rcv if snd is not None and rcv is not None else None,
+    )
+
+
+def task_limit(limits: Mapping[str, tuple[int, int]]) -> int | None:
+    return _finite(limits["numproc"][1])
+
+
+def held_now(kernel: KernelCounters, procs: ProcessCounts) -> dict[str, tuple[int, int, int]]:
+    """(held, kernel's maxheld or 0, failcnt) per resource, in the resource's unit."""
+    pages = PAGE_BYTES
+    private = procs.private_pages
+    return {
+        "kmemsize": (kernel.kmem, kernel.kmem_peak, 0),
+        "lockedpages": (procs.locked_pages, 0, 0),
+        "privvmpages": (private, 0, 0),
+        "shmpages": (kernel.shmem // pages, 0, 0),
+        "numproc": (kernel.tasks, kernel.tasks_peak, kernel.tasks_refused),
+        "physpages": (kernel.ram // pages, kernel.ram_peak // pages, kernel.ram_failcnt),
+        "vmguarpages": (private, 0, 0),
+        "oomguarpages": ((kernel.ram + kernel.swap) // pages, 0, 0),
+        "numtcpsock": (procs.tcp_sockets, 0, 0),
+        "numflock": (procs.file_locks, 0, 0),
+        "numpty": (procs.ptys, 0, 0),
+        "numsiginfo": (procs.pending_signals, 0, 0),
+        # The kernel charges TCP send and receive buffers together: all of it shows
+        # here, and the limit it enforces is tcpsndbuf's plus tcprcvbuf's.
+        "tcpsndbuf": (kernel.tcp, kernel.tcp_peak, kernel.tcp_failcnt),
+        "tcprcvbuf": (0, 0, 0),
+        "othersockbuf": (procs.udp_send_bytes, 0, 0),
+        "dgramrcvbuf": (procs.udp_receive_bytes, 0, 0),
+        "numothersock": (max(0, procs.sockets - procs.tcp_sockets), 0, 0),
+        "dcachesize": (0, 0, 0),
+        "numfile": (procs.files, 0, 0),
+        "numiptent": (procs.firewall_rules, 0, 0),
+        "swappages": (kernel.swap // pages, 0, 0),
+    }
+
+
+def limits_text(settings: Mapping[str, str], enforced: frozenset[str]) -> str:
+    """The ``limits`` file: every settable resource, its pair, who enforces it."""
+    lines = []
+    for name, pair in limits_of(settings).items():
+        how = "enforced" if name in enforced else "accounted"
+        lines.append(f"{name} {conf_value(pair)} {how}\n")
+    return "".join(lines)
+
+
+def crossing(held: int, barrier: int, limit: int) -> str:
+    """Which bound ``held`` is above: "limit", "barrier" or "" (within).
+
+    A barrier of 0 is OpenVZ's "no guarantee" (physpages 0:...), not a threshold.
+    """
+    return "limit" if held > limit else "barrier" if 0 < barrier < held else ""

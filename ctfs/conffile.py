@@ -59,3 +59,12 @@ def write_atomic(path: Path, text: str | bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temporary(path: Path) -> bool:
+    """Remove the temporary file an interrupted ``write_atomic(path)`` left; True if one was."""
+    try:
+        path.with_name(f".{path.name}.tmp").unlink()
+    except FileNotFoundError:
+        return False
+    return True

@@ -12,7 +12,7 @@ import logging
 import os
 from pathlib import Path
 
-from ctfs import config
+from ctfs import conffile
 
 log = logging.getLogger("ctfs.events")
 
@@ -51,7 +51,7 @@ class EventLog:
         data = self.path.read_bytes()
         keep = data[len(data) // 2 :]
         keep = keep[keep.find(b"\n") + 1 :]
-        config.write_atomic(self.path, keep)
+        conffile.write_atomic(self.path, keep)
 
     def render(self) -> str:
         try:

@@ -1,0 +1,69 @@
+"""Paths of the declared tree: what a path names, and what a directory lists.
+
+A place is a path from the top of the mount, as a tuple of names.  Resolving it
+walks ``ctfs.files.TREE``; the component under ``Containers`` is a CTID, which
+binds the container every node below it belongs to.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyfuse3
+
+from ctfs.files import TREE, Containers, Directory, File
+from ctfs.model.container import Container
+from ctfs.model.host import Host
+from ctfs.policy.values import parse_ctid
+
+Path = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Place:
+    """What a path names: a node (a directory or a file) and the container it is in."""
+
+    node: Directory | File
+    container: Container | None
+
+
+def _gone() -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(errno.ENOENT)
+
+
+def child(host: Host, place: Place, name: str) -> Place:
+    """The place ``name`` in the directory at ``place``; FUSEError otherwise."""
+    if not isinstance(place.node, Directory):
+        raise pyfuse3.FUSEError(errno.ENOTDIR)
+    for node in place.node.children:
+        if isinstance(node, Containers):
+            ctid = parse_ctid(name)
+            container = host.get(ctid) if ctid is not None else None
+            if container is not None and place.container is None:
+                return Place(Directory(name, node.children), container)
+        elif node.name == name:
+            return Place(node, place.container)
+    raise _gone()
+
+
+def resolve(host: Host, path: Path) -> Place:
+    """The place at ``path``; ENOENT when any part of it is gone."""
+    place = Place(TREE, None)
+    for name in path:
+        place = child(host, place, name)
+    return place
+
+
+def listing(host: Host, place: Place) -> Iterator[tuple[str, Place]]:
+    """The entries of the directory at ``place``, in a stable order."""
+    assert isinstance(place.node, Directory)
+    for node in place.node.children:
+        if isinstance(node, Containers):
+            for ctid in host.sorted_ctids():
+                container = host.get(ctid)
+                if container is not None:
+                    yield str(ctid), Place(Directory(str(ctid), node.children), container)
+        else:
+            yield node.name, Place(node, place.container)

@@ -1,0 +1,368 @@
+"""What the model asks of the kernel: the backend Protocols and the values they speak.
+
+Pure: Protocols and frozen dataclasses, no I/O, so every layer may import it.  The
+model holds one ``Backends`` built at startup (``ctfs.kernel.backends.real``) and
+never imports an implementation.  Units are version-neutral: a cgroup v1 and a v2
+backend take the same values and translate them to their own files.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# ------------------------------------------------------------------ cgroups
+
+
+class Enforceable(enum.Enum):
+    """Limits a cgroup backend may or may not be able to enforce on a given host."""
+
+    RAM = "ram"
+    RAM_SOFT = "ram_soft"
+    SWAP = "swap"
+    TCP_BUFFERS = "tcp_buffers"
+    TASKS = "tasks"
+
+
+@dataclass(frozen=True)
+class MemoryLimits:
+    """Memory limits in bytes; None is no limit."""
+
+    ram: int | None = None  # hard limit on RAM in use
+    ram_soft: int | None = None  # reclaimed down to this first under pressure
+    swap: int | None = None  # swap on top of RAM
+    tcp_buffers: int | None = None  # TCP send and receive buffers together
+
+
+@dataclass(frozen=True)
+class CpuCap:
+    """At most ``quota_us`` of CPU time per ``period_us``; no quota: no cap."""
+
+    quota_us: int | None
+    period_us: int
+
+
+@dataclass(frozen=True)
+class KernelCounters:
+    """What the kernel counts for a container: bytes, tasks, peaks and refusals."""
+
+    ram: int = 0
+    ram_peak: int = 0
+    ram_failcnt: int = 0
+    swap: int = 0
+    kmem: int = 0
+    kmem_peak: int = 0
+    tcp: int = 0
+    tcp_peak: int = 0
+    tcp_failcnt: int = 0
+    shmem: int = 0
+    tasks: int = 0
+    tasks_peak: int = 0
+    tasks_refused: int = 0
+
+
+@dataclass(frozen=True)
+class CriuCgroups:
+    """How CRIU finds and re-creates the container's cgroups."""
+
+    freeze_cgroup: str  # --freeze-cgroup
+    yard: str  # --cgroup-yard
+    roots: tuple[str, ...]  # --cgroup-root mappings into the container's own cgroups
+
+
+class Cgroups(Protocol):
+    """Every container's cgroups under one parent, whatever the cgroup version.
+
+    Invariant: a container's processes, its own sub-cgroups included, are exactly
+    the processes ``pids`` lists; ``kill_all`` ends all of them.
+    """
+
+    parent: str  # the parent cgroup of every container, e.g. "ctfs"
+    enforces: frozenset[Enforceable]
+
+    def create(self, ctid: int) -> None:
+        """Create the container's cgroups (idempotent) with the devices baseline."""
+
+    def remove(self, ctid: int) -> None:
+        """Remove the container's cgroups; they must be empty."""
+
+    def pids(self, ctid: int) -> list[int]:
+        """Host PIDs of every process in the container, unsorted."""
+
+    def container_of(self, pid: int) -> int | None:
+        """The CTID whose cgroups hold ``pid``, or None."""
+
+    def join_files(self, ctid: int) -> list[str]:
+        """The files a single-threaded process writes ``0`` to, to move itself in."""
+
+    def kill_all(self, ctid: int) -> None:
+        """SIGKILL every process of the container, with no chance to fork away."""
+
+    def freeze(self, ctid: int, timeout: float) -> None:
+        """Stop every process of the container; TimeoutError if they are not all stopped."""
+
+    def thaw(self, ctid: int) -> None:
+        """Let the container's processes run again (a no-op if they were not frozen)."""
+
+    def criu_options(self, ctid: int) -> CriuCgroups: ...
+
+    def populated(self) -> list[int]:
+        """CTIDs whose cgroups exist under the parent (running or left over)."""
+
+    def available_cpus(self) -> list[int]:
+        """The CPUs containers may be given (the parent's cpuset)."""
+
+    def set_cpu_weight(self, ctid: int, weight: float) -> None:
+        """Relative CPU weight, as a fraction of the largest weight (0 < weight <= 1)."""
+
+    def set_cpu_cap(self, ctid: int, cap: CpuCap) -> None: ...
+
+    def set_cpu_set(self, ctid: int, cpus: list[int]) -> None:
+        """The CPUs the container's processes may run on."""
+
+    def set_io_weight(self, ctid: int, weight: int) -> None:
+        """Relative disk-bandwidth weight on BFQ's scale, 1..1000."""
+
+    def set_memory_limits(self, ctid: int, limits: MemoryLimits) -> None:
+        """Apply every memory limit at once (None lifts one)."""
+
+    def set_task_limit(self, ctid: int, tasks: int | None) -> None:
+        """At most ``tasks`` processes and threads; None lifts the limit."""
+
+    def counters(self, ctid: int) -> KernelCounters:
+        """Usage, peaks and refusal counts; zeros for a container with no cgroups."""
+
+
+# ------------------------------------------------------------ storage, quota
+
+
+class StorageError(Exception):
+    """The pool or a subvolume operation failed; the text says what and why."""
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    root: Path
+    init: str
+    halt_signal: int
+    description: str
+
+
+class Templates(Protocol):
+    def names(self) -> list[str]: ...
+
+    def get(self, name: str) -> Template | None: ...
+
+
+class Storage(Protocol):
+    """Private areas: subvolumes in the pool, and the files ctfs keeps inside them.
+
+    Invariant: nothing here follows a link a container planted.
+    """
+
+    def snapshot(self, source: Path, dest: Path) -> None: ...
+
+    def delete(self, path: Path) -> None:
+        """Delete a subvolume, or a plain directory an interrupted create left."""
+
+    def update_etc_file(self, root: Path, name: str, render: Callable[[str], str]) -> bool:
+        """Replace ``root/etc/name`` by ``render(old text)`` atomically; True if changed."""
+
+
+@dataclass(frozen=True)
+class SpaceUsage:
+    """A private area's bytes referenced and exclusive, and its referenced limit."""
+
+    referenced: int
+    exclusive: int
+    limit: int | None
+
+
+class Quota(Protocol):
+    def space_usage(self, area: Path) -> SpaceUsage: ...
+
+    def set_space_limit(self, area: Path, hard_bytes: int | None) -> None: ...
+
+    def count_inodes(self, area: Path) -> int: ...
+
+
+# ------------------------------------------------------------------ network
+
+
+class NetworkError(OSError):
+    """A network change the kernel or nft refused; the text says which and why."""
+
+
+class Network(Protocol):
+    """The host side of the containers' routed networks (veths, routes, proxies)."""
+
+    def host_addresses(self) -> set[IPAddress]: ...
+
+    def configure(self, ctid: int, pid: int, addresses: Sequence[IPAddress]) -> None:
+        """Make container ``ctid`` (init ``pid``) reachable at exactly ``addresses``."""
+
+    def remove(self, ctid: int) -> None:
+        """Remove everything ``configure`` made; nothing left on the host."""
+
+    def remove_link(self, ctid: int) -> None:
+        """Remove only the veth; proxies stay (a frozen container keeps them)."""
+
+    def adopt(self, running: Mapping[int, Sequence[IPAddress]]) -> None: ...
+
+    def forget(self, ctid: int, addresses: Sequence[IPAddress]) -> None:
+        """Remove what an earlier ctfsd left for a container that stopped meanwhile."""
+
+    def veth(self, ctid: int) -> Veth: ...
+
+
+@dataclass(frozen=True)
+class Veth:
+    """The container's eth0 and the name of its host end."""
+
+    guest: str
+    host: str
+
+
+class Firewall(Protocol):
+    """The host's source-address filter: a container sends only from its addresses."""
+
+    def allow(self, ctid: int, addresses: Sequence[IPAddress]) -> None: ...
+
+    def adopt(self, allowed: Mapping[int, Sequence[IPAddress]]) -> None: ...
+
+
+# ---------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True)
+class ProcessCounts:
+    """What ctfs counts itself from /proc and the container's network namespace."""
+
+    files: int = 0
+    sockets: int = 0
+    tcp_sockets: int = 0
+    file_locks: int = 0
+    ptys: int = 0
+    pending_signals: int = 0
+    locked_pages: int = 0
+    private_pages: int = 0
+    udp_send_bytes: int = 0
+    udp_receive_bytes: int = 0
+    firewall_rules: int = 0
+
+
+class Processes(Protocol):
+    """Facts about a container's processes, and what ctfs does in its namespaces."""
+
+    def find_init(self, pids: Iterable[int]) -> int | None: ...
+
+    def outside_pid_namespace(self, init_pid: int, pids: Iterable[int]) -> list[int]:
+        """Those of ``pids`` that are not in init's pid namespace."""
+
+    def lock_holders(self) -> dict[int, int]: ...
+
+    def count(self, pids: Iterable[int], init: int | None, locks: dict[int, int]) -> ProcessCounts:
+        """Everything ctfs counts for the container whose processes are ``pids``."""
+
+    def set_hostname(self, init_pid: int, name: str) -> None: ...
+
+    def same_pid_namespace(self, pid: int) -> bool | None:
+        """Whether ``pid`` is in ctfsd's own pid namespace; None if it is gone."""
+
+
+# --------------------------------------------------------- launcher, CRIU
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """Everything the launcher needs to make a container's init (sent as JSON)."""
+
+    root: str
+    hostname: str
+    init: list[str]
+    cgroup_join: list[str]
+    drop_caps: list[int]
+    env: dict[str, str]
+    hold: bool = False
+
+
+@dataclass(frozen=True)
+class LaunchReply:
+    """The host PID of the container's init, or why there is none."""
+
+    pid: int | None = None
+    error: str = ""
+
+
+BeforeExec = Callable[[int], Awaitable[None]]
+
+
+class Launcher(Protocol):
+    async def launch(
+        self, request: LaunchRequest, before_exec: BeforeExec | None = None
+    ) -> LaunchReply: ...
+
+    def close(self) -> None: ...
+
+
+class CriuError(Exception):
+    """CRIU failed; the text is the reason from its log."""
+
+
+@dataclass(frozen=True)
+class CriuDump:
+    pid: int
+    images: Path
+    work: Path
+    cgroups: CriuCgroups
+    veth: Veth | None
+    timeout: float
+
+
+@dataclass(frozen=True)
+class CriuRestore:
+    images: Path
+    work: Path
+    root: Path
+    cgroups: CriuCgroups
+    veth: Veth | None
+    addresses: tuple[str, ...]  # given to the action script that readies the veth
+    timeout: float
+    same_cgroups: bool  # restored where it was dumped: no --cgroup-root mapping
+
+
+class Checkpointer(Protocol):
+    version: str
+    unavailable: str | None  # why checkpoints do not work here, or None
+    binary: Path | None
+
+    def probe(self) -> str | None: ...
+
+    def dump(self, options: CriuDump, on_timeout: Callable[[], None]) -> None: ...
+
+    def restore(self, options: CriuRestore, on_timeout: Callable[[], None]) -> int:
+        """Restore detached; return the host PID of the restored init."""
+
+    def remove_network_lock(self, pid: int) -> None: ...
+
+
+@dataclass
+class Backends:
+    """Every kernel backend the model uses; built once at startup."""
+
+    cgroups: Cgroups
+    storage: Storage
+    templates: Templates
+    quota: Quota
+    network: Network
+    firewall: Firewall
+    processes: Processes
+    launcher: Launcher
+    checkpointer: Checkpointer

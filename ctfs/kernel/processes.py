@@ -1,0 +1,66 @@
+"""The ``Processes`` backend: facts about containers' processes, read from /proc,
+and what ctfsd does inside a running container's namespaces."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from ctfs.kernel import accounting, uts
+from ctfs.kernel.api import ProcessCounts
+
+
+def namespace_pids(pid: int) -> list[int] | None:
+    """The PID in every nested pid namespace (``NSpid``), host first; None if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return [int(x) for x in line.split()[1:]]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+class HostProcesses:
+    def __init__(self) -> None:
+        self._own_namespace = _pid_namespace(os.getpid())
+
+    def find_init(self, pids: Iterable[int]) -> int | None:
+        """The container's init among ``pids``: the one that is PID 1 in its namespace."""
+        for pid in pids:
+            nspids = namespace_pids(pid)
+            if nspids and len(nspids) > 1 and nspids[-1] == 1:
+                return pid
+        return None
+
+    def outside_pid_namespace(self, init_pid: int, pids: Iterable[int]) -> list[int]:
+        own = _pid_namespace(init_pid)
+        if own is None:
+            return []
+        outside = []
+        for pid in pids:
+            theirs = _pid_namespace(pid)
+            if theirs is not None and theirs != own:
+                outside.append(pid)
+        return sorted(outside)
+
+    def same_pid_namespace(self, pid: int) -> bool | None:
+        theirs = _pid_namespace(pid)
+        return None if theirs is None else theirs == self._own_namespace
+
+    def lock_holders(self) -> dict[int, int]:
+        return accounting.lock_holders()
+
+    def count(self, pids: Iterable[int], init: int | None, locks: dict[int, int]) -> ProcessCounts:
+        return accounting.count(pids, init, locks)
+
+    def set_hostname(self, init_pid: int, name: str) -> None:
+        uts.set_hostname(init_pid, name)

@@ -1,0 +1,384 @@
+"""Checkpoints: freeze into the dump file, restore from it, and the dump upload.
+
+Invariants:
+- A failed freeze leaves the container running as it was; a failed restore leaves
+  it frozen with its dump file untouched and nothing of the attempt running.
+- The dump file is always either absent, the old one or a complete new one.
+- A dump this ctfsd wrote or verified, unchanged since (``stamp``), is not hashed
+  again, and CRIU's images of it are kept beside it (``KEPT_IMAGES``): on btrfs
+  they share their extents with the dump file, and a restore runs straight from
+  them, still in the page cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import trio
+
+from ctfs.errors import CtfsError, busy, invalid, kernel_failed
+from ctfs.kernel.api import Checkpointer, CriuDump, CriuError, CriuRestore
+from ctfs.model import dumpfile, lifecycle
+from ctfs.model.container import Container, InitProcess, State
+
+log = logging.getLogger(__name__)
+
+# Stopping every process for a checkpoint; a D-state task may take a moment.
+FREEZE_TIMEOUT_S = 10.0
+# CRIU runs with a time limit: a damaged image can make it wait forever.
+CRIU_TIMEOUT_S = 300.0
+KEPT_IMAGES = ".frozen-images"
+SCRATCH = (".criu-images", ".criu-work")
+
+
+@dataclass
+class Upload:
+    """A dump file being written in: a staging file of its own, committed at close."""
+
+    path: Path
+    fd: int
+    written: bool = False
+
+
+def stamp(path: Path) -> tuple[int, ...] | None:
+    """What changes whenever a file's contents may have: device, inode, size, times."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+async def _checkpointer(ct: Container) -> Checkpointer:
+    await ct.ctx.checkpoints_probed.wait()
+    engine = ct.backends.checkpointer
+    if engine.unavailable is not None:
+        raise CtfsError(errno.EOPNOTSUPP, f"checkpoints are unavailable: {engine.unavailable}")
+    return engine
+
+
+# ------------------------------------------------------------------ freeze
+
+
+async def freeze(ct: Container) -> None:
+    """Checkpoint into the dump file and end the processes; or change nothing."""
+    engine = await _checkpointer(ct)
+    init = ct.init
+    assert init is not None
+    cgroups = ct.backends.cgroups
+    sessions = await trio.to_thread.run_sync(
+        ct.backends.processes.outside_pid_namespace, init.pid, cgroups.pids(ct.ctid)
+    )
+    if sessions:
+        raise busy(
+            "ctfs exec or enter is running in the container (host PID "
+            f"{', '.join(map(str, sessions))}); end it first"
+        )
+    images, work = await trio.to_thread.run_sync(_scratch, ct)
+    began = time.monotonic()
+    try:
+        await trio.to_thread.run_sync(cgroups.freeze, ct.ctid, FREEZE_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        await trio.to_thread.run_sync(cgroups.thaw, ct.ctid)
+        await trio.to_thread.run_sync(_drop_scratch, ct)
+        raise kernel_failed(f"cannot freeze the container: {exc}") from exc
+    frozen_at = time.monotonic()
+    options = CriuDump(
+        pid=init.pid,
+        images=images,
+        work=work,
+        cgroups=cgroups.criu_options(ct.ctid),
+        veth=ct.backends.network.veth(ct.ctid) if ct.addresses else None,
+        timeout=CRIU_TIMEOUT_S,
+    )
+    try:
+        await trio.to_thread.run_sync(engine.dump, options, lambda: None)
+    except CriuError as exc:
+        await _recover_from_failed_dump(ct, init)
+        raise kernel_failed(f"checkpoint failed, the container runs on: {exc}") from exc
+    dumped_at = time.monotonic()
+    # CRIU ended the processes once their state was on disk.
+    with trio.move_on_after(10):
+        await init.exited.wait()
+    if not init.exited.is_set():
+        await trio.to_thread.run_sync(cgroups.kill_all, ct.ctid)
+        await init.exited.wait()
+    info = _manifest_info(ct, engine.version)
+    try:
+        size = await trio.to_thread.run_sync(dumpfile.pack, images, ct.dump_path, info)
+    except OSError as exc:
+        await _recover_from_unwritten_dump(ct, init, images, work, info, exc)
+    ct.frozen = True
+    ct.dump_stamp = stamp(ct.dump_path)
+    await lifecycle.finish_stop(ct, init, network=False)
+    await _forget_link(ct)
+    await trio.to_thread.run_sync(_keep_images, ct, images)
+    await trio.to_thread.run_sync(_drop_scratch, ct)
+    written = time.monotonic()
+    ct.events.record(
+        f"frozen: freeze {(frozen_at - began) * 1000:.0f} ms, dump "
+        f"{(dumped_at - frozen_at) * 1000:.0f} ms, dump file {size} bytes written and "
+        f"synced in {(written - dumped_at) * 1000:.0f} ms"
+    )
+
+
+def _manifest_info(ct: Container, criu_version: str) -> dict[str, object]:
+    return {
+        "ctid": ct.ctid,
+        "cgroup_parent": ct.backends.cgroups.parent,
+        "criu": criu_version,
+        "template": ct.template_name,
+        "hostname": ct.hostname,
+        "addresses": [str(a) for a in ct.addresses],
+    }
+
+
+async def _recover_from_failed_dump(ct: Container, init: InitProcess) -> None:
+    """After CRIU failed or was killed: the container runs on as it was."""
+    cgroups = ct.backends.cgroups
+    await trio.to_thread.run_sync(cgroups.thaw, ct.ctid)
+    if not init.exited.is_set():
+        try:
+            await trio.to_thread.run_sync(ct.backends.checkpointer.remove_network_lock, init.pid)
+        except Exception as exc:  # the container runs; say what may be left
+            ct.events.record(f"cannot check for CRIU's network lock: {exc}", logging.ERROR)
+    await trio.to_thread.run_sync(_drop_scratch, ct)
+    if init.exited.is_set():
+        # It did not survive the attempt: clean up as for any stop.
+        await lifecycle.finish_stop(ct, init)
+        ct.events.record("the failed checkpoint ended the container", logging.ERROR)
+
+
+async def _recover_from_unwritten_dump(
+    ct: Container,
+    init: InitProcess,
+    images: Path,
+    work: Path,
+    info: dict[str, object],
+    error: OSError,
+) -> NoReturn:
+    """The dump file could not be written, but CRIU's images are on disk: bring the
+    container back from them.  Always raises, saying how it ended."""
+    # CRIU recreates the veth, so the old host end must be gone first.
+    await lifecycle.finish_stop(ct, init, network=False)
+    await _forget_link(ct)
+    try:
+        await _restore_from(ct, images, work, dumpfile.Manifest(info, {}))
+    except CtfsError as again:
+        await lifecycle.remove_network(ct)
+        # Out of the scratch directory, which the next checkpoint empties.
+        saved = ct.dir / f".failed-images-{int(time.time())}"
+        await trio.to_thread.run_sync(images.rename, saved)
+        raise kernel_failed(
+            f"cannot write the dump file ({error}) nor restore from the images "
+            f"({again.sentence}); they are kept in {saved}"
+        ) from error
+    await trio.to_thread.run_sync(_drop_scratch, ct)
+    raise kernel_failed(f"cannot write the dump file ({error}); the container runs on") from error
+
+
+async def _forget_link(ct: Container) -> None:
+    try:
+        await trio.to_thread.run_sync(ct.backends.network.remove_link, ct.ctid)
+    except OSError as exc:
+        ct.events.record(f"cannot remove the veth: {exc}", logging.ERROR)
+
+
+# ----------------------------------------------------------------- restore
+
+
+async def restore(ct: Container) -> None:
+    """Bring a frozen container back from its dump file; or change nothing."""
+    await _checkpointer(ct)
+    if ct.backends.cgroups.pids(ct.ctid):
+        raise kernel_failed("the container's cgroup still holds processes; not restoring")
+    images, work = await trio.to_thread.run_sync(_scratch, ct)
+    verified = ct.dump_stamp is not None and ct.dump_stamp == stamp(ct.dump_path)
+    kept = ct.dir / KEPT_IMAGES
+    try:
+        try:
+            if verified and kept.is_dir():
+                manifest = await trio.to_thread.run_sync(
+                    dumpfile.read_manifest, ct.dump_path, False
+                )
+                images = kept
+            else:
+                manifest = await trio.to_thread.run_sync(
+                    dumpfile.unpack, ct.dump_path, images, not verified
+                )
+        except dumpfile.DumpError as exc:
+            raise kernel_failed(f"the dump file is refused: {exc}") from exc
+        except OSError as exc:
+            raise kernel_failed(f"cannot read the dump file: {exc}") from exc
+        await _restore_from(ct, images, work, manifest)
+    finally:
+        await trio.to_thread.run_sync(_drop_scratch, ct)
+    await trio.to_thread.run_sync(drop_kept, ct)
+    try:
+        await trio.to_thread.run_sync(ct.dump_path.unlink)
+    except OSError as exc:
+        ct.events.record(f"cannot remove the used dump file: {exc}", logging.ERROR)
+    ct.frozen = False
+
+
+async def _restore_from(
+    ct: Container, images: Path, work: Path, manifest: dumpfile.Manifest
+) -> None:
+    """Run CRIU on ``images``; on failure nothing of the attempt is left running."""
+    began = time.monotonic()
+    cgroups = ct.backends.cgroups
+    await lifecycle.prepare_cgroups(ct)
+    addresses = ct.addresses
+    options = CriuRestore(
+        images=images,
+        work=work,
+        root=ct.root,
+        cgroups=cgroups.criu_options(ct.ctid),
+        veth=ct.backends.network.veth(ct.ctid) if addresses else None,
+        addresses=tuple(str(a) for a in addresses),
+        timeout=CRIU_TIMEOUT_S,
+        same_cgroups=(
+            manifest.info.get("ctid") == ct.ctid
+            and manifest.info.get("cgroup_parent") == cgroups.parent
+        ),
+    )
+    try:
+        pid = await trio.to_thread.run_sync(
+            ct.backends.checkpointer.restore, options, lambda: cgroups.kill_all(ct.ctid)
+        )
+    except CriuError as exc:
+        await trio.to_thread.run_sync(cgroups.kill_all, ct.ctid)
+        await lifecycle.clean_up_cgroups(ct)
+        await _forget_link(ct)
+        raise kernel_failed(f"restore failed, the container stays frozen: {exc}") from exc
+    lifecycle.adopt(ct, pid)
+    if addresses:
+        try:
+            await trio.to_thread.run_sync(lifecycle.configure_network, ct, pid)
+        except OSError as exc:
+            ct.events.record(f"restored, but its network is incomplete: {exc}", logging.ERROR)
+    ms = (time.monotonic() - began) * 1000
+    ct.events.record(f"restored: init is PID {pid} on the host ({ms:.0f} ms)")
+
+
+async def discard(ct: Container) -> None:
+    """A frozen container becomes stopped: its dump file goes."""
+    await trio.to_thread.run_sync(drop_kept, ct)
+    # Already gone (removed by hand) is as good as discarded.
+    await trio.to_thread.run_sync(lambda: ct.dump_path.unlink(missing_ok=True))
+    ct.frozen = False
+    await lifecycle.remove_network(ct)
+    ct.events.record("stopped: the dump file was discarded")
+
+
+def drop_used_dump(ct: Container) -> None:
+    """A running container's dump was used by a restore ctfsd did not see through."""
+    if ct.frozen:
+        log.warning("CT %d: runs, so its dump file was used; removing it", ct.ctid)
+        with contextlib.suppress(FileNotFoundError):
+            ct.dump_path.unlink()
+        ct.frozen = False
+    _drop_scratch(ct)
+    drop_kept(ct)
+
+
+# ------------------------------------------------------------ the dump file
+
+
+def dump_size(ct: Container) -> int:
+    """The dump file's size while frozen; 0 otherwise."""
+    if not ct.frozen or ct.changing_now:
+        return 0
+    try:
+        return ct.dump_path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def open_dump(ct: Container) -> int | None:
+    """A file descriptor to read the dump file from; None while there is none."""
+    try:
+        return os.open(ct.dump_path, os.O_RDONLY | os.O_CLOEXEC) if dump_size(ct) else None
+    except FileNotFoundError:
+        return None
+
+
+async def start_upload(ct: Container) -> Upload:
+    """Begin writing a dump file in (copying one in): only while stopped or frozen."""
+    ct.refuse_while_changing()
+    if ct.state not in (State.STOPPED, State.FROZEN):
+        raise busy(
+            f"the container is {ct.state.value}; a dump can be written in only "
+            "while it is stopped or frozen"
+        )
+    fd, name = tempfile.mkstemp(prefix=".dump.upload.", dir=ct.dir)
+    return Upload(Path(name), fd)
+
+
+async def accept_upload(ct: Container, upload: Upload) -> None:
+    """Check a written-in dump file as a whole; make it the container's dump."""
+    try:
+        manifest = await trio.to_thread.run_sync(dumpfile.read_manifest, upload.path)
+    except dumpfile.DumpError as exc:
+        raise invalid(f"not an intact ctfs dump: {exc}") from exc
+    ct.refuse_while_changing()
+    if ct.state not in (State.STOPPED, State.FROZEN):
+        raise busy(f"the container is {ct.state.value} now; the dump is not taken")
+    size = upload.path.stat().st_size
+
+    def put_in_place() -> None:
+        os.fsync(upload.fd)
+        upload.path.rename(ct.dump_path)
+        dumpfile.fsync_dir(ct.dir)
+
+    await trio.to_thread.run_sync(put_in_place)
+    await trio.to_thread.run_sync(drop_kept, ct)
+    ct.frozen = True
+    ct.dump_stamp = stamp(ct.dump_path)
+    ct.events.record(
+        f"dump: {size} bytes written in (a checkpoint of container "
+        f"{manifest.info.get('ctid', '?')}); the container is frozen"
+    )
+
+
+def discard_upload(upload: Upload) -> None:
+    """Close an upload; its staging file goes unless it was put in place."""
+    with contextlib.suppress(OSError):
+        os.close(upload.fd)
+    with contextlib.suppress(FileNotFoundError):
+        upload.path.unlink()
+
+
+# ---------------------------------------------------------------- scratch
+
+
+def _scratch(ct: Container) -> tuple[Path, Path]:
+    """Empty directories for CRIU's images and its work files (logs, pidfile)."""
+    images, work = (ct.dir / name for name in SCRATCH)
+    for path in (images, work):
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(mode=0o700)
+    return images, work
+
+
+def _drop_scratch(ct: Container) -> None:
+    for name in SCRATCH:
+        shutil.rmtree(ct.dir / name, ignore_errors=True)
+
+
+def _keep_images(ct: Container, images: Path) -> None:
+    drop_kept(ct)
+    images.rename(ct.dir / KEPT_IMAGES)
+
+
+def drop_kept(ct: Container) -> None:
+    shutil.rmtree(ct.dir / KEPT_IMAGES, ignore_errors=True)

@@ -1,0 +1,34 @@
+"""What every container shares with the host that holds it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from ctfs.kernel.api import Backends, IPAddress
+
+
+@dataclass
+class Context:
+    """The host's backends, options and coordination points, as containers see them.
+
+    ``nursery`` is set once the host starts serving; per-container background
+    tasks (init watchers) run there.
+    """
+
+    backends: Backends
+    state_dir: Path
+    stop_timeout: float
+    address_owner: Callable[[IPAddress], int | None]
+    nursery: trio.Nursery | None = None
+    # Set once CRIU has been probed; checkpoint requests wait for it.
+    checkpoints_probed: trio.Event = field(default_factory=trio.Event)
+    # Address changes take turns, so two containers never claim one address.
+    address_lock: trio.Lock = field(default_factory=trio.Lock)
+
+    def start_soon(self, task: Callable[[], Awaitable[object]]) -> None:
+        assert self.nursery is not None, "the host is not serving yet"
+        self.nursery.start_soon(task)

@@ -1,0 +1,79 @@
+"""Writes to ``state`` and ``template``: which transition a request is, through the one guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from ctfs.errors import busy, invalid, not_found, not_permitted
+from ctfs.model import checkpoint, lifecycle
+from ctfs.model.container import Container, State
+from ctfs.policy import quota
+
+REQUESTABLE = (State.RUNNING, State.STOPPED, State.FROZEN)
+
+
+async def request(ct: Container, word: str) -> None:
+    """Carry out a write to ``state``; returns once the new state is reached."""
+    if word not in REQUESTABLE:
+        raise invalid(f"unknown state {word!r}; write running, stopped or frozen")
+    ct.refuse_while_changing()
+    current = ct.state
+    if word == current:
+        return
+    if word == State.RUNNING:
+        during, action = (
+            (State.RESTORING, checkpoint.restore)
+            if current is State.FROZEN
+            else (State.STARTING, lifecycle.start)
+        )
+    elif word == State.STOPPED:
+        during, action = (
+            (State.STOPPING, checkpoint.discard)
+            if current is State.FROZEN
+            else (State.STOPPING, lifecycle.stop)
+        )
+    elif current is State.STOPPED:
+        raise invalid("only a running container can be frozen")
+    else:
+        during, action = State.FREEZING, checkpoint.freeze
+    async with ct.changing(during):
+        await action(ct)
+
+
+async def set_template(ct: Container, name: str) -> None:
+    """Make the private area anew from template ``name``: only before the first start."""
+    if name == ct.template_name:
+        return
+    if ct.ever_started:
+        raise not_permitted("the template can be changed only before the first start")
+    if ct.state is not State.STOPPED:
+        raise busy(f"the container is {ct.state.value}")
+    template = ct.backends.templates.get(name)
+    if template is None:
+        raise not_found(f"template {name!r} is not installed")
+    # Reads stay "stopped" while the private area is swapped; a start meanwhile is EBUSY.
+    async with ct.changing(State.STOPPED):
+        await trio.to_thread.run_sync(_swap_private_area, ct, template.root, name)
+    ct.events.record(f"template: {name} (private area recreated)")
+
+
+def _swap_private_area(ct: Container, template_root: Path, name: str) -> None:
+    storage = ct.backends.storage
+    fresh, old = ct.dir / ".root.new", ct.dir / ".root.old"
+    storage.delete(fresh)
+    storage.snapshot(template_root, fresh)
+    if quota.SPACE.key in ct.settings:
+        # A new subvolume has a new quota group: give it the saved limit.
+        ct.backends.quota.set_space_limit(fresh, quota.space_limit_bytes(ct.settings))
+    ct.root.rename(old)
+    fresh.rename(ct.root)
+    try:
+        ct.persist(OSTEMPLATE=name)
+    except OSError:
+        ct.root.rename(fresh)
+        old.rename(ct.root)
+        storage.delete(fresh)
+        raise
+    storage.delete(old)
