@@ -809,7 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "\nNotes\n"
         "  - error = measured / requested - 1.  The raw peer holds the very kernel values ctfs\n"
-        "    wrote (checked against ctfs.scheduling), so a gap between the two columns is\n"
+        "    wrote (checked against ctfs.policy.scheduling), so a gap between the two columns is\n"
         "    what ctfs adds; a gap both share is the kernel's own accuracy.\n"
         "  - cpu.shares is cpuunits x 262144/500000, so 1:100 is 524:52429 shares.  At 1:100\n"
         "    the light loop gets about 1% of a CPU (~50 ms in 5 s), where a few scheduler\n"

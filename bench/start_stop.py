@@ -439,7 +439,7 @@ Notes
     everything, sleeps 1 s, sends SIGKILL, sleeps 1 s more and calls reboot(), which in
     a pid namespace kills the namespace's init: lxc-stop waits for all of that (~2 s).
     ctfsd ends the container once init has been its only process for a short settle
-    time (HALT_SETTLE_S in ctfs/container.py), skipping the sleeps.
+    time (HALT_SETTLE_S in ctfs/model/lifecycle.py), skipping the sleeps.
   - ctfs exec is a Python program (interpreter start-up included); lxc-attach is C.
   - The templates differ: both start syslogd at boot; LXC's rcS also runs mount -a and
     udhcpc (no eth0 in the empty network namespace) and its inittab keeps a getty and a

@@ -44,23 +44,7 @@ def _absolute(text: str) -> Path:
     return Path(text).absolute()
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="ctfsd", description="Serve OpenVZ-style containers as a filesystem."
-    )
-    parser.add_argument(
-        "mountpoint",
-        nargs="?",
-        default="/ctfs",
-        type=_absolute,
-        help="where to mount (default /ctfs)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        default=Path("/var/lib/ctfs"),
-        type=_absolute,
-        help="containers, templates and settings (default /var/lib/ctfs)",
-    )
+def _storage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--template-cache",
         default=Path("/var/cache/ctfs/templates"),
@@ -79,6 +63,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="size of the sparse btrfs image made when the state directory "
         "is not on btrfs (default 64G)",
     )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="ctfsd", description="Serve OpenVZ-style containers as a filesystem."
+    )
+    parser.add_argument(
+        "mountpoint",
+        nargs="?",
+        default="/ctfs",
+        type=_absolute,
+        help="where to mount (default /ctfs)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=Path("/var/lib/ctfs"),
+        type=_absolute,
+        help="containers, templates and settings (default /var/lib/ctfs)",
+    )
+    _storage_options(parser)
     parser.add_argument(
         "--stop-timeout",
         default=30.0,

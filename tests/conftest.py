@@ -1,99 +1,33 @@
-"""Fixtures: one real ctfsd for the session, fresh containers per test."""
+"""The test tiers, by folder:
+
+- ``tests/pure``: parsers, renderers and the OpenVZ rules; no root, no kernel
+  state, seconds.  ``pytest -m pure`` (or ``pytest tests/pure``) runs them alone.
+- ``tests/model``: the container model driven against the real kernel (cgroups,
+  btrfs, namespaces, CRIU), without a FUSE mount.  Root.
+- ``tests/system``: everything through a real ctfsd and its mount.  Root.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.ctfsd_harness import Ctfsd, wait_for, write_errno
-from tests.network_lab import Lab
-
-_ctids = itertools.count(101)
+TIERS = ("pure", "model", "system")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    if os.geteuid() != 0:
-        raise pytest.UsageError("the ctfs tests need root: run sudo tools/test")
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = item.path.relative_to(config.rootpath).parts
+        tier = parts[1] if len(parts) > 2 and parts[0] == "tests" else ""
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
-@pytest.fixture(scope="session")
-def ctfsd() -> Iterator[Ctfsd]:
-    daemon = Ctfsd()
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        daemon.cleanup()
-
-
-@pytest.fixture(scope="session")
-def lab() -> Iterator[Lab]:
-    """The test's own host and client network namespaces (see tests.network_lab)."""
-    made = Lab()
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-@pytest.fixture(scope="session")
-def net_ctfsd(lab: Lab) -> Iterator[Ctfsd]:
-    """A second ctfsd, inside the lab's host namespace, with up0 as its uplink."""
-    daemon = Ctfsd(wrapper=lab.enter(lab.host), extra=("--uplink", "up0"))
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        daemon.cleanup()
-
-
-@pytest.fixture
-def mount(ctfsd: Ctfsd) -> Path:
-    if ctfsd.proc is None or ctfsd.proc.poll() is not None:
-        ctfsd.start()  # an earlier test stopped it
-    return ctfsd.mount
-
-
-@pytest.fixture
-def new_ctid() -> int:
-    return next(_ctids)
-
-
-@pytest.fixture
-def container(ctfsd: Ctfsd, mount: Path, new_ctid: int) -> Iterator[Path]:
-    """A freshly created, stopped container; stopped and destroyed afterwards."""
-    path = mount / str(new_ctid)
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        if ctfsd.proc is None or ctfsd.proc.poll() is not None:
-            ctfsd.start()
-        if write_errno(path / "state", b"stopped") not in (0, 2):
-            ctfsd.kill_container(new_ctid)
-        with contextlib.suppress(FileNotFoundError):
-            path.rmdir()
-
-
-def _booted(container: Path) -> bool:
-    """The busybox template has finished booting: init and syslogd, nothing else."""
-    pids = (container / "procs").read_text().split()
-    if len(pids) != 2:
-        return False
-    try:
-        return "syslogd" in Path(f"/proc/{pids[1]}/cmdline").read_text()
-    except FileNotFoundError:
-        return False
-
-
-@pytest.fixture
-def running(container: Path) -> Path:
-    """A running container whose startup scripts have finished."""
-    assert write_errno(container / "state", b"running") == 0
-    assert wait_for(lambda: _booted(container), timeout=10), "the container did not boot"
-    return container
+def pytest_collection_finish(session: pytest.Session) -> None:
+    needs_root = [i for i in session.items if not i.get_closest_marker("pure")]
+    if needs_root and os.geteuid() != 0:
+        raise pytest.UsageError(
+            f"{len(needs_root)} of the selected tests (the model and system tiers) need root: "
+            "run tools/test as root, or only the pure tier with: pytest -m pure"
+        )

@@ -107,7 +107,9 @@ async def carry_out(command: Command, decl: ControlFile, ct: Container, caller: 
 
 async def _undo_first_part(ct: Container, decl: ControlFile, saved: dict[str, str]) -> None:
     try:
-        await settings.revert(ct, saved, f"{decl.name}: the rest of the command was refused")
+        await settings.revert(
+            ct, saved, f"{decl.name}: undone, the rest of the command was refused"
+        )
     except CtfsError as exc:
         ct.events.record(f"{decl.name}: cannot undo the first part: {exc.sentence}", logging.ERROR)
 

@@ -1,26 +1,22 @@
 """The FUSE operations: inode table, dispatch to the declared tree, errno boundary.
 
 This layer is thin on purpose.  What a file contains and what a write does are
-declared in ``ctfs.files``; what a container is lives in ``ctfs.model``.  Every
-operation passes through ``_boundary``: ``CtfsError`` becomes its errno (its
-sentence logged, and recorded in the container's ``events`` where there is one),
-``FUSEError`` passes, and anything else is logged with the operation and becomes
-EIO, so one bug never takes the mount down.
+declared in ``ctfs.files``; what a container is lives in ``ctfs.model``; how
+write() calls make a command, in ``ctfs.fs.commands``.  Every operation passes
+through the one errno boundary, ``ctfs.fs.boundary``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import itertools
 import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pyfuse3
 import trio
@@ -28,6 +24,8 @@ import trio
 from ctfs.errors import CtfsError, busy, not_permitted
 from ctfs.files import ControlFile, DataFile, Directory, HostFile
 from ctfs.fs import commands
+from ctfs.fs.boundary import boundary as _boundary
+from ctfs.fs.boundary import refusal as _refusal
 from ctfs.fs.places import Path, Place, child, listing, resolve
 from ctfs.model.caller import Caller, identify
 from ctfs.model.checkpoint import Upload
@@ -40,40 +38,6 @@ ROOT_INODE: int = pyfuse3.ROOT_INODE
 # Entries and attributes may be cached briefly: a file's mode and size never change,
 # and a container directory only disappears through rmdir, which the kernel sees.
 CACHE_S = 1.0
-
-F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-
-
-def _boundary(op: F) -> F:
-    @functools.wraps(op)
-    async def wrapper(self: CtfsOperations, *args: Any) -> Any:
-        try:
-            return await op(self, *args)
-        except pyfuse3.FUSEError:
-            raise
-        except CtfsError as exc:
-            if not exc.recorded:
-                log.info(
-                    "%s: %s (%s)",
-                    op.__name__,
-                    exc.sentence,
-                    errno.errorcode.get(exc.errno_value, exc.errno_value),
-                )
-            raise pyfuse3.FUSEError(exc.errno_value) from None
-        except Exception:
-            log.exception("%s%r failed", op.__name__, args[:2])
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _refusal(place: Place | None, name: str, exc: CtfsError) -> CtfsError:
-    """``exc``, with its sentence in the events of the container ``place`` is in."""
-    container = place.container if place is not None else None
-    if container is not None:
-        container.events.record(f"{name}: refused: {exc.sentence}", logging.WARNING)
-        exc.recorded = True
-    return exc
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ctfs import kernel
 from ctfs.kernel.api import CpuCap, CriuCgroups, Enforceable, KernelCounters, MemoryLimits
-from ctfs.kernel.security import ALLOWED_DEVICES
+from ctfs.policy.security import ALLOWED_DEVICES
 
 CGROUP_ROOT = Path(kernel.CGROUP_ROOT)
 

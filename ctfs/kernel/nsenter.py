@@ -18,12 +18,23 @@ ALL_NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "time", "mnt")
 
 
 def _cgroup_dirs(pid: int) -> list[str]:
-    """The v1 cgroup directories of ``pid`` that ctfs manages (skips named hierarchies)."""
+    """The cgroup directories of ``pid`` in every hierarchy ctfs manages.
+
+    v1: one per controller line (named hierarchies such as name=systemd are the
+    host init's and skipped).  v2: the one ``0::`` line, when the unified
+    hierarchy is mounted at CGROUP_ROOT (on a hybrid host it holds no controller
+    ctfs uses, and is skipped).
+    """
+    unified = os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers")
     dirs: list[str] = []
     with open(f"/proc/{pid}/cgroup") as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
-            if not controllers or controllers.startswith("name="):
+            if not controllers:
+                if unified:
+                    dirs.append(f"{CGROUP_ROOT}/{path.lstrip('/')}".rstrip("/"))
+                continue
+            if controllers.startswith("name="):
                 continue
             for controller in controllers.split(","):
                 base = f"{CGROUP_ROOT}/{controller}"
@@ -52,10 +63,12 @@ def join_container(init_pid: int) -> None:
         for ns in ALL_NAMESPACES
     }
     try:
-        # "0" in tasks moves the calling thread without the kernel's global
+        # v1: "0" in tasks moves the calling thread without the kernel's global
         # threadgroup lock (see CgroupsV1.join_files); the caller is single-threaded.
+        # v2 has no tasks file: cgroup.procs moves the whole (one-thread) process.
         for cgroup_dir in _cgroup_dirs(init_pid):
-            with open(f"{cgroup_dir}/tasks", "w") as f:
+            name = "tasks" if os.path.exists(f"{cgroup_dir}/tasks") else "cgroup.procs"
+            with open(f"{cgroup_dir}/{name}", "w") as f:
                 f.write("0")
         # Whatever init may not have, the joining process may not have either.
         allowed = _bounding_set(init_pid)

@@ -76,13 +76,29 @@ def _step(what: str, fn: Any, *args: Any) -> Any:
         raise Step(f"{what}: {exc.strerror or exc}") from exc
 
 
+NOSUID_NODEV = libc.MS_NOSUID | libc.MS_NODEV
+
+
 def _mount_filesystems(root: str) -> None:
-    nosuid_nodev = libc.MS_NOSUID | libc.MS_NODEV
     # Nothing mounted from here on may propagate back to the host.
     _step("make mounts private", libc.mount, None, "/", None, libc.MS_REC | libc.MS_PRIVATE, None)
     # pivot_root needs the new root to be a mount point of its own.
     _step("bind private area", libc.mount, root, root, None, libc.MS_BIND | libc.MS_REC, None)
+    _mount_proc(root)
+    _step(
+        "mount /sys",
+        libc.mount,
+        "sysfs",
+        f"{root}/sys",
+        "sysfs",
+        libc.MS_RDONLY | NOSUID_NODEV | libc.MS_NOEXEC,
+        None,
+    )
+    _mount_dev(f"{root}/dev")
 
+
+def _mount_proc(root: str) -> None:
+    nosuid_nodev = NOSUID_NODEV
     proc = f"{root}/proc"
     _step("mount /proc", libc.mount, "proc", proc, "proc", nosuid_nodev | libc.MS_NOEXEC, None)
     # /proc/sys is read-only except net, which the container's netns makes safe.
@@ -104,17 +120,9 @@ def _mount_filesystems(root: str) -> None:
             _step(f"bind /proc/{entry}", libc.mount, path, path, None, libc.MS_BIND, None)
             _step(f"make /proc/{entry} read-only", libc.mount, None, path, None, ro_remount, None)
 
-    _step(
-        "mount /sys",
-        libc.mount,
-        "sysfs",
-        f"{root}/sys",
-        "sysfs",
-        libc.MS_RDONLY | nosuid_nodev | libc.MS_NOEXEC,
-        None,
-    )
 
-    dev = f"{root}/dev"
+def _mount_dev(dev: str) -> None:
+    nosuid_nodev = NOSUID_NODEV
     _step(
         "mount /dev",
         libc.mount,

@@ -20,9 +20,9 @@ import trio
 
 from ctfs.errors import kernel_failed, not_found
 from ctfs.kernel.api import LaunchReply, LaunchRequest, NetworkError
-from ctfs.kernel.security import DROPPED_CAPABILITIES
 from ctfs.model import apply, settings
 from ctfs.model.container import Container, InitProcess, State, reap
+from ctfs.policy.security import DROPPED_CAPABILITIES
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ async def update(ct: Container, changes: dict[str, str], summary: str) -> None:
 
 async def revert(ct: Container, saved: dict[str, str], why: str) -> None:
     """Put every setting back as ``saved`` had it (undo a command that failed half-way)."""
-    await _become(ct, dict(saved), f"reverted: {why}")
+    await _become(ct, dict(saved), why)
 
 
 async def _become(ct: Container, new: dict[str, str], summary: str) -> None:

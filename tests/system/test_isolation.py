@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ctfs.kernel.security import DROPPED_CAPABILITIES
+from ctfs.policy.security import DROPPED_CAPABILITIES
 from tests.ctfsd_harness import ctfs_exec
 
 

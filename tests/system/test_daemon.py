@@ -32,6 +32,21 @@ def test_a_restarted_ctfsd_can_stop_a_container_it_found(ctfsd: Ctfsd, running: 
     assert not ctfsd.container_pids(int(running.name))
 
 
+def test_a_restart_brings_the_kernel_back_to_ctid_conf(ctfsd: Ctfsd, running: Path) -> None:
+    assert write_errno(running / "limits", b"numproc 608\n") == 0
+    ctfsd.kill()
+    # What a kill in the middle of a change can leave: the kernel ahead of
+    # ctid.conf, and the temporary file of a write that never got renamed.
+    pids_max = ctfsd.cgroup_dir("pids", int(running.name)) / "pids.max"
+    pids_max.write_text("609")
+    stale = ctfsd.state / running.name / ".ctid.conf.tmp"
+    stale.write_text('NUMPROC="609:609"\n')
+    ctfsd.start()
+    assert pids_max.read_text() == "608\n"
+    assert not stale.exists()
+    assert "numproc 608:608" in (running / "limits").read_text()
+
+
 def test_settings_survive_a_daemon_restart(ctfsd: Ctfsd, container: Path) -> None:
     (container / "hostname").write_text("persisted\n")
     ctfsd.terminate()

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ctfs.errors import CtfsError
-from ctfs.policy.quota import parse_command
-from tests.conftest import _ctids
 from tests.ctfsd_harness import Ctfsd, ctfs_exec, wait_for, write_errno
+from tests.system.conftest import _ctids
 
 UNLIMITED = 9223372036854775807
 MIB_BLOCKS = 1024  # 1 MiB in 1K blocks
@@ -173,25 +171,6 @@ def test_bad_input_is_refused_with_a_sentence_and_changes_nothing(
 def test_a_bad_line_leaves_the_good_lines_unapplied(container: Path) -> None:
     assert write_errno(container / "quota", b"diskinodes 100:200\ndiskspace 5Q\n") == errno.EINVAL
     assert _limits(container)["diskinodes"] == (UNLIMITED, UNLIMITED)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("diskspace 10M:12M", {"DISKSPACE": "10240:12288"}),
-        ("DISKSPACE 1g", {"DISKSPACE": "1048576:1048576"}),
-        ("diskinodes 100:unlimited", {"DISKINODES": f"100:{UNLIMITED}"}),
-        ("\ndiskspace 2048B\n\ndiskinodes 7\n", {"DISKSPACE": "2:2", "DISKINODES": "7:7"}),
-    ],
-)
-def test_a_command_becomes_ctid_conf_values(text: str, expected: dict[str, str]) -> None:
-    assert parse_command(text) == expected
-
-
-def test_a_diskspace_btrfs_cannot_hold_is_erange() -> None:
-    with pytest.raises(CtfsError) as caught:
-        parse_command(f"diskspace {UNLIMITED - 1}")
-    assert caught.value.errno_value == errno.ERANGE
 
 
 # -------------------------------------------------------------- persistence
