@@ -41,6 +41,10 @@ TAR_BLOCK = 512
 CLONE_MIN = 64 * 1024
 CHUNK = 4 << 20
 _FICLONERANGE = 0x4020940D
+# The longest file name the images directory can hold (NAME_MAX).
+NAME_MAX = 255
+# CRIU writes these for every checkpoint; without them nothing can be restored.
+REQUIRED_IMAGES = ("inventory.img", "pstree.img")
 
 
 class DumpError(Exception):
@@ -226,7 +230,11 @@ def _walk(path: Path, images: Path | None, checksums: bool = True) -> Manifest:
                     continue
                 folder, _, name = member.name.partition("/")
                 if folder != IMAGES or not name or "/" in name or name.startswith("."):
-                    raise DumpError(f"unexpected member {member.name!r}")
+                    raise DumpError(f"unexpected member {member.name[:80]!r}")
+                if len(name.encode()) > NAME_MAX:
+                    raise DumpError(f"member name {name[:40]!r}... is longer than {NAME_MAX} bytes")
+                if member.name in seen:
+                    raise DumpError(f"{member.name!r} is in it twice")
                 seen[member.name] = (
                     _digest(fd, member.offset_data, member.size) if checksums else ""
                 )
@@ -278,6 +286,9 @@ def _parse_manifest(data: bytes) -> dict[str, Any]:
 
 
 def _checked(manifest: dict[str, Any], seen: dict[str, str]) -> Manifest:
+    absent = [f"{IMAGES}/{n}" for n in REQUIRED_IMAGES if f"{IMAGES}/{n}" not in seen]
+    if absent:
+        raise DumpError(f"it lacks CRIU's {', '.join(absent)}: not a whole checkpoint")
     listed: dict[str, str] = manifest.pop("sha256")
     if set(listed) != set(seen):
         missing = sorted(set(listed) - set(seen))
