@@ -276,6 +276,27 @@ class Processes(Protocol):
     def same_pid_namespace(self, pid: int) -> bool | None:
         """Whether ``pid`` is in ctfsd's own pid namespace; None if it is gone."""
 
+    def tree(self, pid: int) -> list[int]:
+        """``pid`` and all its descendants (those that are still there)."""
+
+    def placement(self, pid: int) -> Placement | None:
+        """Where process ``pid`` lives; None if it is gone."""
+
+    def own_placement(self) -> Placement:
+        """Where ctfsd itself lives: the host's namespaces."""
+
+    def resume(self, pids: Iterable[int]) -> None:
+        """SIGCONT each of ``pids`` (stopped by a restore that left them stopped)."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A process's namespaces (by inode, as /proc/PID/ns shows them) and its root."""
+
+    namespaces: dict[str, str]
+    root: tuple[int, int]  # device and inode of its root directory
+    pid_depth: int  # how many pid namespaces deep it is (1: the host's)
+
 
 # --------------------------------------------------------- launcher, CRIU
 
@@ -336,6 +357,8 @@ class CriuRestore:
     addresses: tuple[str, ...]  # given to the action script that readies the veth
     timeout: float
     same_cgroups: bool  # restored where it was dumped: no --cgroup-root mapping
+    # Leave the restored tree stopped, so that ctfs can check it before it runs.
+    leave_stopped: bool = True
 
 
 class Checkpointer(Protocol):

@@ -138,6 +138,8 @@ class Criu:
             "--manage-cgroups=soft",
             "--cgroup-yard", options.cgroups.yard,
         ]  # fmt: skip
+        if options.leave_stopped:
+            argv.append("--leave-stopped")
         if not options.same_cgroups:
             for mapping in options.cgroups.roots:
                 argv += ["--cgroup-root", mapping]

@@ -3,11 +3,15 @@ and what ctfsd does inside a running container's namespaces."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections.abc import Iterable
 
 from ctfs.kernel import accounting, uts
-from ctfs.kernel.api import ProcessCounts
+from ctfs.kernel.api import Placement, ProcessCounts
+
+NAMESPACES = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup")
 
 
 def namespace_pids(pid: int) -> list[int] | None:
@@ -64,3 +68,49 @@ class HostProcesses:
 
     def set_hostname(self, init_pid: int, name: str) -> None:
         uts.set_hostname(init_pid, name)
+
+    def tree(self, pid: int) -> list[int]:
+        found: list[int] = []
+        pending = [pid]
+        while pending:
+            current = pending.pop()
+            if current in found:
+                continue
+            found.append(current)
+            pending.extend(_children(current))
+        return found
+
+    def placement(self, pid: int) -> Placement | None:
+        try:
+            namespaces = {ns: os.readlink(f"/proc/{pid}/ns/{ns}") for ns in NAMESPACES}
+            root = os.stat(f"/proc/{pid}/root")
+        except OSError:
+            return None
+        depth = len(namespace_pids(pid) or [])
+        return Placement(namespaces, (root.st_dev, root.st_ino), depth)
+
+    def own_placement(self) -> Placement:
+        placement = self.placement(os.getpid())
+        assert placement is not None
+        return placement
+
+    def resume(self, pids: Iterable[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def _children(pid: int) -> list[int]:
+    """The children of every thread of ``pid`` (/proc/PID/task/TID/children)."""
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.extend(int(word) for word in f.read().split())
+        except OSError:
+            continue
+    return found

@@ -27,7 +27,7 @@ import trio
 
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed
 from ctfs.kernel.api import Checkpointer, CriuDump, CriuError, CriuRestore
-from ctfs.model import dumpfile, lifecycle
+from ctfs.model import containment, dumpfile, lifecycle
 from ctfs.model.container import Container, InitProcess, State
 
 log = logging.getLogger(__name__)
@@ -255,11 +255,15 @@ async def _restore_from(
         pid = await trio.to_thread.run_sync(
             ct.backends.checkpointer.restore, options, lambda: cgroups.kill_all(ct.ctid)
         )
-    except CriuError as exc:
+        tree = await trio.to_thread.run_sync(containment.checked_tree, ct, pid)
+    except (CriuError, CtfsError) as exc:
+        if isinstance(exc, CtfsError):
+            await trio.to_thread.run_sync(containment.kill_tree, ct, pid)
         await trio.to_thread.run_sync(cgroups.kill_all, ct.ctid)
         await lifecycle.clean_up_cgroups(ct)
         await _forget_link(ct)
         raise kernel_failed(f"restore failed, the container stays frozen: {exc}") from exc
+    ct.backends.processes.resume(tree)
     lifecycle.adopt(ct, pid)
     if addresses:
         try:
