@@ -98,7 +98,7 @@ def run_inside(mount: str, name: str, argv: list[str]) -> int:
     # reach.  (os.execvpe imports warnings lazily, so it is loaded here too.)
     import warnings  # noqa: F401
 
-    from ctfs.kernel import nsenter
+    from ctfs.kernel import nsenter, seccomp
 
     on_terminal = os.isatty(0) and os.isatty(1)
     if on_terminal:
@@ -117,6 +117,7 @@ def run_inside(mount: str, name: str, argv: list[str]) -> int:
     def start() -> None:
         """In the child: only stdio crosses into the container, then exec."""
         try:
+            seccomp.install()
             os.closerange(3, 65536)
             os.chdir("/root" if os.path.isdir("/root") else "/")
             os.execvpe(argv[0], argv, env)

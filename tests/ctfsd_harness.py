@@ -20,6 +20,8 @@ from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
+# Hierarchies ctfsd also gives each container a cgroup in (when the host has them).
+HIERARCHIES = (*CONTROLLERS, "systemd", "unified")
 CTFSD = Path(sys.executable).with_name("ctfsd")
 CTFS = Path(sys.executable).with_name("ctfs")
 SYSTEM_TEMPLATE_CACHE = Path("/var/cache/ctfs/templates")
@@ -162,12 +164,12 @@ class Ctfsd:
         return path / str(ctid) if ctid is not None else path
 
     def container_pids(self, ctid: int) -> list[int]:
-        try:
-            return [
-                int(p) for p in (self.cgroup_dir("pids", ctid) / "cgroup.procs").read_text().split()
-            ]
-        except FileNotFoundError:
-            return []
+        """Every process in the container's pids cgroup and the cgroups below it."""
+        found: list[int] = []
+        for directory, _, _ in os.walk(self.cgroup_dir("pids", ctid)):
+            with contextlib.suppress(FileNotFoundError):
+                found += [int(p) for p in (Path(directory) / "cgroup.procs").read_text().split()]
+        return found
 
     def kill_container(self, ctid: int) -> None:
         """End a container's processes through its freezer cgroup, by PID."""
@@ -182,16 +184,13 @@ class Ctfsd:
         wait_for(lambda: not self.container_pids(ctid), timeout=10)
 
     def remove_cgroups(self) -> None:
-        for controller in CONTROLLERS:
-            parent = self.cgroup_dir(controller)
+        for hierarchy in HIERARCHIES:
+            parent = self.cgroup_dir(hierarchy)
             if not parent.exists():
                 continue
-            for child in parent.iterdir():
-                if child.is_dir():
-                    with contextlib.suppress(OSError):
-                        child.rmdir()
-            with contextlib.suppress(OSError):
-                parent.rmdir()
+            for directory, _, _ in os.walk(parent, topdown=False):
+                with contextlib.suppress(OSError):
+                    Path(directory).rmdir()
 
     def cleanup(self) -> None:
         if self.proc is not None:

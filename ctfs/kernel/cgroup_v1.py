@@ -23,6 +23,10 @@ CGROUP_ROOT = Path(kernel.CGROUP_ROOT)
 # The v1 controllers a container is placed in.  The named "systemd" hierarchy
 # and cgroup2 are left alone: they belong to the host's init.
 V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
+# Hierarchies without controllers that the host's init uses: the container gets a
+# cgroup of its own there too, so that a systemd inside (whose cgroup namespace is
+# rooted there) manages its own units under it, never at the host's root.
+NAMED_HIERARCHIES = ("systemd", "unified")
 # cpu.shares is 2..262144: a weight of 1 (the largest) is the kernel's maximum.
 SHARES_MAX = 262_144
 
@@ -46,11 +50,24 @@ class CgroupsV1:
         self.root = root
         memsw = (root / "memory" / "memory.memsw.limit_in_bytes").exists()
         self.enforces = frozenset(Enforceable) - (set() if memsw else {Enforceable.SWAP})
-        for controller in self.controllers:
-            self._ensure_dir(root / controller / parent, root / controller)
+        self.hierarchies = self.controllers + [
+            name for name in NAMED_HIERARCHIES if (root / name / "cgroup.procs").exists()
+        ]
+        for hierarchy in self.hierarchies:
+            self._ensure_dir(root / hierarchy / parent, root / hierarchy)
 
     def _dirs(self, ctid: int) -> list[Path]:
-        return [self.root / c / self.parent / str(ctid) for c in self.controllers]
+        """The container's top cgroup in every hierarchy."""
+        return [self.root / h / self.parent / str(ctid) for h in self.hierarchies]
+
+    def _subtree(self, top: Path) -> list[Path]:
+        """``top`` and every cgroup below it, deepest first."""
+        found: list[Path] = []
+        for directory, subdirs, _ in os.walk(top, topdown=False):
+            found.extend(Path(directory) / name for name in subdirs)
+        if top.is_dir():
+            found.append(top)
+        return found
 
     def _dir(self, controller: str, ctid: int) -> Path:
         return self.root / controller / self.parent / str(ctid)
@@ -66,30 +83,39 @@ class CgroupsV1:
                 _write(path / name, (parent / name).read_text().strip() or "\n")
 
     def create(self, ctid: int) -> None:
-        for controller in self.controllers:
-            self._ensure_dir(self._dir(controller, ctid), self.root / controller / self.parent)
+        for hierarchy in self.hierarchies:
+            self._ensure_dir(self._dir(hierarchy, ctid), self.root / hierarchy / self.parent)
         devices = self._dir("devices", ctid)
         _write(devices / "devices.deny", "a")
         for rule in ALLOWED_DEVICES:
             _write(devices / "devices.allow", rule)
 
     def remove(self, ctid: int) -> None:
-        for path in self._dirs(ctid):
-            remove_cgroup_dir(path)
+        """Remove the container's cgroups, the ones made below them inside included."""
+        for top in self._dirs(ctid):
+            for path in self._subtree(top):
+                remove_cgroup_dir(path)
 
     def pids(self, ctid: int) -> list[int]:
-        try:
-            text = (self._dir("pids", ctid) / "cgroup.procs").read_text()
-        except FileNotFoundError:
-            return []
-        return [int(line) for line in text.split()]
+        """Every process in the container's cgroup or in any cgroup below it."""
+        found: list[int] = []
+        for path in self._subtree(self._dir("pids", ctid)):
+            try:
+                found.extend(int(line) for line in (path / "cgroup.procs").read_text().split())
+            except FileNotFoundError:
+                continue  # removed meanwhile
+        return found
 
     def join_files(self, ctid: int) -> list[str]:
         # Not cgroup.procs: moving a whole process takes the kernel's global
         # threadgroup lock and waits for an RCU grace period (10-20 ms here), while
         # a thread moving itself through "tasks" skips it (0.05 ms).  For a
         # single-threaded process the two are the same.
-        return [str(d / "tasks") for d in self._dirs(ctid)]
+        # The unified hierarchy has no tasks file: there the whole process moves.
+        return [
+            str(d / "tasks") if (d / "tasks").exists() else str(d / "cgroup.procs")
+            for d in self._dirs(ctid)
+        ]
 
     def freeze(self, ctid: int, timeout: float) -> None:
         state = self._dir("freezer", ctid) / "freezer.state"

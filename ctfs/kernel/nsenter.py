@@ -18,26 +18,28 @@ ALL_NAMESPACES = ("cgroup", "ipc", "uts", "net", "pid", "time", "mnt")
 
 
 def _cgroup_dirs(pid: int) -> list[str]:
-    """The cgroup directories of ``pid`` in every hierarchy ctfs manages.
+    """The cgroup directories of ``pid`` in every hierarchy the host has mounted.
 
-    v1: one per controller line (named hierarchies such as name=systemd are the
-    host init's and skipped).  v2: the one ``0::`` line, when the unified
-    hierarchy is mounted at CGROUP_ROOT (on a hybrid host it holds no controller
-    ctfs uses, and is skipped).
+    v1 controllers at CGROUP_ROOT/<controller>, named v1 hierarchies (name=systemd)
+    at CGROUP_ROOT/<name>, the unified one at CGROUP_ROOT/unified on a hybrid host
+    or at CGROUP_ROOT itself on a unified one.  ctfsd gives a container a cgroup in
+    each; a process that joins must be in all of them, or a checkpoint of the
+    container finds it outside the container's cgroup namespace.
     """
-    unified = os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers")
+    unified = (
+        CGROUP_ROOT
+        if os.path.exists(f"{CGROUP_ROOT}/cgroup.controllers")
+        else f"{CGROUP_ROOT}/unified"
+    )
     dirs: list[str] = []
     with open(f"/proc/{pid}/cgroup") as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
             if not controllers:
-                if unified:
-                    dirs.append(f"{CGROUP_ROOT}/{path.lstrip('/')}".rstrip("/"))
-                continue
-            if controllers.startswith("name="):
-                continue
-            for controller in controllers.split(","):
-                base = f"{CGROUP_ROOT}/{controller}"
+                bases = [unified]
+            else:
+                bases = [f"{CGROUP_ROOT}/{c.removeprefix('name=')}" for c in controllers.split(",")]
+            for base in bases:
                 if os.path.exists(f"{base}/cgroup.procs"):
                     dirs.append(f"{base}/{path.lstrip('/')}".rstrip("/"))
                     break
@@ -57,7 +59,14 @@ def join_container(init_pid: int) -> None:
 
     Afterwards its root and cwd are the container's root; the pid namespace applies
     to children, so the caller must fork before running anything.
+
+    The process is made non-dumpable first, as runc does since CVE-2019-5736: its
+    children are visible inside the container until they exec, and until then
+    they map the host's interpreter and libraries.  Non-dumpable, their /proc
+    entries belong to the host's root and ptrace needs CAP_SYS_PTRACE; the exec'd
+    command is dumpable again as usual.
     """
+    libc.prctl(libc.PR_SET_DUMPABLE, 0)
     ns_fds = {
         ns: os.open(f"/proc/{init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
         for ns in ALL_NAMESPACES

@@ -28,7 +28,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from ctfs.kernel import libc
+from ctfs.kernel import libc, seccomp
 from ctfs.kernel.api import LaunchReply, LaunchRequest
 
 NAMESPACES = (
@@ -205,6 +205,7 @@ def _become_init(spec: LaunchRequest, errpipe: int, go: int | None) -> None:
     os.setsid()
     if go is not None and os.read(go, 1) != b"g":
         raise Step("ctfsd abandoned the start")
+    _step("load the seccomp filter", seccomp.install)
     null = os.open("/dev/null", os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)

@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from ctfs.kernel import backends, storage
-from ctfs.kernel.cgroup_v1 import V1_CONTROLLERS, CgroupsV1, remove_cgroup_dir
+from ctfs.kernel.cgroup_v1 import CgroupsV1, remove_cgroup_dir
 from ctfs.kernel.templates import TemplateStore
 from ctfs.model import lifecycle
 from ctfs.model.container import State
@@ -65,15 +65,11 @@ class ModelBed:
         for ctid in self.cgroups.populated():
             with contextlib.suppress(OSError):
                 self.cgroups.kill_all(ctid)
-        for controller in V1_CONTROLLERS:
-            parent = Path("/sys/fs/cgroup") / controller / self.parent
-            if parent.is_dir():
-                for child in parent.iterdir():
-                    if child.is_dir():
-                        with contextlib.suppress(OSError):
-                            remove_cgroup_dir(child)
+        for hierarchy in self.cgroups.hierarchies:
+            parent = Path("/sys/fs/cgroup") / hierarchy / self.parent
+            for directory, _, _ in os.walk(parent, topdown=False):
                 with contextlib.suppress(OSError):
-                    remove_cgroup_dir(parent)
+                    remove_cgroup_dir(Path(directory))
         subprocess.run(["umount", "-l", str(self.state)], capture_output=True, check=False)
         shutil.rmtree(self.base, ignore_errors=True)
 

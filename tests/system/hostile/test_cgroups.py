@@ -1,0 +1,64 @@
+"""Attack: cgroup hierarchies mounted inside a container (attack 6 of the isolation issue).
+
+The container's cgroup namespace is rooted at its own cgroup in every hierarchy,
+name=systemd and the unified one included, so what it creates lands under its
+own cgroup, never at the root of the host's.  Harmless where that fails: the
+test removes the one directory it made, wherever it landed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.ctfsd_harness import Ctfsd, ctfs_exec, write_errno
+
+PROBE_DIR = "ctfs-hostile-probe"
+HIERARCHIES = {
+    "systemd": "mount -t cgroup -o none,name=systemd cgroup /tmp/cg",
+    "unified": "mount -t cgroup2 cgroup2 /tmp/cg",
+}
+
+
+@pytest.fixture
+def host_root_probe() -> Iterator[None]:
+    yield
+    for hierarchy in HIERARCHIES:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            (Path("/sys/fs/cgroup") / hierarchy / PROBE_DIR).rmdir()
+
+
+@pytest.mark.parametrize("hierarchy", sorted(HIERARCHIES))
+def test_a_cgroup_made_inside_lands_under_the_containers_own(
+    ctfsd: Ctfsd, running: Path, hierarchy: str, host_root_probe: None
+) -> None:
+    if not (Path("/sys/fs/cgroup") / hierarchy / "cgroup.procs").exists():
+        pytest.skip(f"this host has no {hierarchy} hierarchy")
+    script = f"mkdir -p /tmp/cg && {HIERARCHIES[hierarchy]} && mkdir /tmp/cg/{PROBE_DIR}"
+    done = ctfs_exec(running, "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    ctfs_exec(running, "umount", "/tmp/cg")
+    assert not (Path("/sys/fs/cgroup") / hierarchy / PROBE_DIR).exists()
+    assert (ctfsd.cgroup_dir(hierarchy, int(running.name)) / PROBE_DIR).is_dir()
+
+
+def test_a_process_in_a_sub_cgroup_is_still_the_containers(ctfsd: Ctfsd, running: Path) -> None:
+    script = (
+        "mkdir -p /tmp/cg && mount -t cgroup -o pids cgroup /tmp/cg && "
+        f"mkdir /tmp/cg/{PROBE_DIR} && "
+        f"(sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > /tmp/cg/{PROBE_DIR}/cgroup.procs)"
+    )
+    done = ctfs_exec(running, "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    ctid = int(running.name)
+    sub = ctfsd.cgroup_dir("pids", ctid) / PROBE_DIR / "cgroup.procs"
+    moved = sub.read_text().split()
+    assert len(moved) == 1
+    assert moved[0] in (running / "procs").read_text().split()
+    # Stopping ends it too, and removes the cgroup it made.
+    assert write_errno(running / "state", b"stopped") == 0
+    assert not Path(f"/proc/{moved[0]}").exists()
+    assert not ctfsd.cgroup_dir("pids", ctid).exists()
