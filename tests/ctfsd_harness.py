@@ -83,6 +83,9 @@ class Ctfsd:
         self.wrapper = wrapper
         self.extra = extra
         self.base = Path(tempfile.mkdtemp(prefix="ctfs-test-"))
+        # Searchable, as /var/lib is: a restore of a container with a private id
+        # range opens paths in the state directory as the container's root.
+        self.base.chmod(0o711)
         self.mount = self.base / "mnt"
         self.state = self.base / "state"
         self.log = self.base / "ctfsd.log"

@@ -8,6 +8,7 @@ from ctfs.files.nodes import ControlFile
 from ctfs.model import network, state
 from ctfs.model.caller import Caller
 from ctfs.model.container import Container
+from ctfs.policy import idmap
 from ctfs.policy.values import parse_hostname, single_word
 
 
@@ -35,6 +36,14 @@ async def _set_hostname(ct: Container, text: str, caller: Caller) -> None:
     await network.set_hostname(ct, parse_hostname(text))
 
 
+async def _idmap(ct: Container, caller: Caller) -> str:
+    return idmap.render(ct.settings)
+
+
+async def _set_idmap(ct: Container, text: str, caller: Caller) -> None:
+    await state.set_id_range(ct, idmap.parse_mode(text))
+
+
 async def _procs(ct: Container, caller: Caller) -> str:
     return "".join(f"{pid}\n" for pid in ct.pids())
 
@@ -47,6 +56,7 @@ FILES = (
     ControlFile("state", _state, _set_state, exclusive=True, settings_only=False),
     ControlFile("template", _template, _set_template, settings_only=False),
     ControlFile("hostname", _hostname, _set_hostname),
+    ControlFile("idmap", _idmap, _set_idmap),
     ControlFile("procs", _procs),
     ControlFile("events", _events),
 )

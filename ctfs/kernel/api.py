@@ -92,6 +92,10 @@ class Cgroups(Protocol):
     def remove(self, ctid: int) -> None:
         """Remove the container's cgroups; they must be empty."""
 
+    def delegate(self, ctid: int, uid: int) -> None:
+        """Let host user ``uid`` (a container's root) manage the cgroups below the
+        container's own, and move its processes among them; its limits stay the host's."""
+
     def pids(self, ctid: int) -> list[int]:
         """Host PIDs of every process in the container, unsorted."""
 
@@ -288,6 +292,9 @@ class Processes(Protocol):
     def resume(self, pids: Iterable[int]) -> None:
         """SIGCONT each of ``pids`` (stopped by a restore that left them stopped)."""
 
+    def uid_map(self, pid: int) -> str | None:
+        """/proc/PID/uid_map as the host reads it; None if the process is gone."""
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -312,6 +319,8 @@ class LaunchRequest:
     drop_caps: list[int]
     env: dict[str, str]
     hold: bool = False
+    # The first host id of the container's private id range; None: the host's ids.
+    id_base: int | None = None
 
 
 @dataclass(frozen=True)
@@ -345,6 +354,9 @@ class CriuDump:
     cgroups: CriuCgroups
     veth: Veth | None
     timeout: float
+    # A container with a private id range: its /dev is left out of the images (CRIU
+    # could not make its device nodes in a user namespace) and made anew at restore.
+    id_base: int | None = None
 
 
 @dataclass(frozen=True)
@@ -359,6 +371,8 @@ class CriuRestore:
     same_cgroups: bool  # restored where it was dumped: no --cgroup-root mapping
     # Leave the restored tree stopped, so that ctfs can check it before it runs.
     leave_stopped: bool = True
+    # A private id range: the root is shown idmapped, /dev is made anew (see CriuDump).
+    id_base: int | None = None
 
 
 class Checkpointer(Protocol):

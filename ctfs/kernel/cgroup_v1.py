@@ -27,6 +27,17 @@ V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "b
 # cgroup of its own there too, so that a systemd inside (whose cgroup namespace is
 # rooted there) manages its own units under it, never at the host's root.
 NAMED_HIERARCHIES = ("systemd", "unified")
+# What a container's root may write at the top of its own cgroups: making and
+# removing cgroups below (the directory), and moving its processes between them.
+# Every limit file stays the host root's.
+DELEGATED_FILES = (
+    "cgroup.procs",
+    "tasks",
+    "cgroup.clone_children",
+    "notify_on_release",
+    "cgroup.subtree_control",
+    "cgroup.threads",
+)
 # cpu.shares is 2..262144: a weight of 1 (the largest) is the kernel's maximum.
 SHARES_MAX = 262_144
 
@@ -89,6 +100,12 @@ class CgroupsV1:
         _write(devices / "devices.deny", "a")
         for rule in ALLOWED_DEVICES:
             _write(devices / "devices.allow", rule)
+
+    def delegate(self, ctid: int, uid: int) -> None:
+        for top in self._dirs(ctid):
+            for path in (top, *(top / name for name in DELEGATED_FILES)):
+                if os.path.lexists(path):
+                    os.chown(path, uid, uid, follow_symlinks=False)
 
     def remove(self, ctid: int) -> None:
         """Remove the container's cgroups, the ones made below them inside included."""

@@ -32,12 +32,14 @@ from pathlib import Path
 
 from pyroute2.nftables.main import NFTables
 
-from ctfs.kernel import netns
+from ctfs.kernel import netns, restore_views
 from ctfs.kernel.api import CriuDump, CriuError, CriuRestore, Veth
 
 DEFAULT_BINARY = Path("/opt/ctfs/criu/sbin/criu")
 MIN_VERSION = (4, 2)
 LOG_TAIL_LINES = 6
+# The key naming a private container's /dev among CRIU's external mounts.
+DEV_KEY = "ctfs-dev"
 
 
 def _external(veth: Veth) -> str:
@@ -118,10 +120,26 @@ class Criu:
         ]  # fmt: skip
         if options.veth is not None:
             argv += ["--external", _external(options.veth)]
+        if options.id_base is not None:
+            argv += ["--external", f"mnt[/dev]:{DEV_KEY}"]
         self._run(argv, options.work / "dump.log", options.timeout, on_timeout, env={})
 
     def restore(self, options: CriuRestore, on_timeout: Callable[[], None]) -> int:
         """Restore detached; return the host PID of the restored init."""
+        if options.id_base is not None:
+            # Parts of a restore read the images from inside the container's user
+            # namespace, sometimes before its id map is written (timens-0.img was
+            # refused 1 time in 3 here): readable by anyone who holds the images
+            # directory open.  Nobody else can reach them: STATE/CTID is 0700.
+            options.images.chmod(0o711)
+            for path in options.images.iterdir():
+                path.chmod(0o644)
+        with restore_views.made(options.root, options.id_base, options.work.parent) as views:
+            return self._restore(options, views, on_timeout)
+
+    def _restore(
+        self, options: CriuRestore, views: restore_views.Views, on_timeout: Callable[[], None]
+    ) -> int:
         work = options.work
         pidfile = work / "init.pid"
         argv = [
@@ -131,13 +149,15 @@ class Criu:
             "--work-dir", str(work),
             "--log-file", "restore.log",
             "--pidfile", str(pidfile),
-            "--root", str(options.root),
+            "--root", str(views.root),
             "--tcp-established",
             "--file-locks",
             "--link-remap",
             "--manage-cgroups=soft",
             "--cgroup-yard", options.cgroups.yard,
         ]  # fmt: skip
+        if views.dev is not None:
+            argv += ["--external", f"mnt[{DEV_KEY}]:{views.dev}"]
         if options.leave_stopped:
             argv.append("--leave-stopped")
         if not options.same_cgroups:

@@ -67,10 +67,15 @@ def join_container(init_pid: int) -> None:
     command is dumpable again as usual.
     """
     libc.prctl(libc.PR_SET_DUMPABLE, 0)
-    ns_fds = {
-        ns: os.open(f"/proc/{init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-        for ns in ALL_NAMESPACES
-    }
+    # Only the namespaces that differ from ours: a namespace of the host's that a
+    # container shares (say its time namespace) cannot be re-entered from inside
+    # its user namespace, and needs no entering.
+    wanted = [
+        ns
+        for ns in ("user", *ALL_NAMESPACES)
+        if os.readlink(f"/proc/{init_pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
+    ]
+    ns_fds = {ns: os.open(f"/proc/{init_pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC) for ns in wanted}
     try:
         # v1: "0" in tasks moves the calling thread without the kernel's global
         # threadgroup lock (see CgroupsV1.join_files); the caller is single-threaded.
@@ -86,8 +91,15 @@ def join_container(init_pid: int) -> None:
         for cap in range(last_cap + 1):
             if not allowed & (1 << cap):
                 libc.prctl(libc.PR_CAPBSET_DROP, cap)
+        if "user" in ns_fds:
+            # First: the container's other namespaces belong to its user namespace.
+            libc.setns(ns_fds["user"], libc.CLONE_NEWUSER)
+            os.setgroups([])
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
         for ns in ALL_NAMESPACES:
-            libc.setns(ns_fds[ns])
+            if ns in ns_fds:
+                libc.setns(ns_fds[ns])
     finally:
         for fd in ns_fds.values():
             os.close(fd)

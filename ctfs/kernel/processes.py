@@ -94,6 +94,13 @@ class HostProcesses:
         assert placement is not None
         return placement
 
+    def uid_map(self, pid: int) -> str | None:
+        try:
+            with open(f"/proc/{pid}/uid_map") as f:
+                return " ".join(f.read().split()) + "\n"
+        except OSError:
+            return None
+
     def resume(self, pids: Iterable[int]) -> None:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):

@@ -19,17 +19,16 @@ value types of ``ctfs.kernel.api``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
-import struct
 import sys
 from dataclasses import asdict
-from typing import Any
 
-from ctfs.kernel import libc, seccomp
+from ctfs.kernel import libc, spawn_private
 from ctfs.kernel.api import LaunchReply, LaunchRequest
+from ctfs.kernel.container_mounts import Step, mount_filesystems, pivot, step
+from ctfs.kernel.handoff import exec_init, hand_over, loopback_up
 
 NAMESPACES = (
     libc.CLONE_NEWNS
@@ -40,180 +39,15 @@ NAMESPACES = (
     | libc.CLONE_NEWCGROUP
 )
 
-# (name, major, minor) of the nodes every container's private /dev gets.
-DEV_NODES = (
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-)
-DEV_LINKS = (
-    ("ptmx", "pts/ptmx"),
-    ("fd", "/proc/self/fd"),
-    ("stdin", "/proc/self/fd/0"),
-    ("stdout", "/proc/self/fd/1"),
-    ("stderr", "/proc/self/fd/2"),
-)
-
-# Host-wide knobs in /proc that stay visible but must not be written.
-READ_ONLY_PROC_ENTRIES = ("sysrq-trigger", "irq", "bus")
-
-_SIOCGIFFLAGS = 0x8913
-_SIOCSIFFLAGS = 0x8914
-_IFF_UP = 0x1
-
-
-class Step(Exception):
-    """A failed setup step; its text is what ctfsd reports."""
-
-
-def _step(what: str, fn: Any, *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except OSError as exc:
-        raise Step(f"{what}: {exc.strerror or exc}") from exc
-
-
-NOSUID_NODEV = libc.MS_NOSUID | libc.MS_NODEV
-
-
-def _mount_filesystems(root: str) -> None:
-    # Nothing mounted from here on may propagate back to the host.
-    _step("make mounts private", libc.mount, None, "/", None, libc.MS_REC | libc.MS_PRIVATE, None)
-    # pivot_root needs the new root to be a mount point of its own.
-    _step("bind private area", libc.mount, root, root, None, libc.MS_BIND | libc.MS_REC, None)
-    _mount_proc(root)
-    _step(
-        "mount /sys",
-        libc.mount,
-        "sysfs",
-        f"{root}/sys",
-        "sysfs",
-        libc.MS_RDONLY | NOSUID_NODEV | libc.MS_NOEXEC,
-        None,
-    )
-    _mount_dev(f"{root}/dev")
-
-
-def _mount_proc(root: str) -> None:
-    nosuid_nodev = NOSUID_NODEV
-    proc = f"{root}/proc"
-    _step("mount /proc", libc.mount, "proc", proc, "proc", nosuid_nodev | libc.MS_NOEXEC, None)
-    # /proc/sys is read-only except net, which the container's netns makes safe.
-    _step("bind /proc/sys", libc.mount, f"{proc}/sys", f"{proc}/sys", None, libc.MS_BIND, None)
-    _step(
-        "bind /proc/sys/net",
-        libc.mount,
-        f"{proc}/sys/net",
-        f"{proc}/sys/net",
-        None,
-        libc.MS_BIND,
-        None,
-    )
-    ro_remount = libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | nosuid_nodev | libc.MS_NOEXEC
-    _step("make /proc/sys read-only", libc.mount, None, f"{proc}/sys", None, ro_remount, None)
-    for entry in READ_ONLY_PROC_ENTRIES:
-        path = f"{proc}/{entry}"
-        if os.path.exists(path):  # absent when the kernel lacks the feature
-            _step(f"bind /proc/{entry}", libc.mount, path, path, None, libc.MS_BIND, None)
-            _step(f"make /proc/{entry} read-only", libc.mount, None, path, None, ro_remount, None)
-
-
-def _mount_dev(dev: str) -> None:
-    nosuid_nodev = NOSUID_NODEV
-    _step(
-        "mount /dev",
-        libc.mount,
-        "tmpfs",
-        dev,
-        "tmpfs",
-        libc.MS_NOSUID | libc.MS_NOEXEC,
-        "mode=755,size=65536k",
-    )
-    old_umask = os.umask(0)
-    try:
-        for name, major, minor in DEV_NODES:
-            _step(
-                f"mknod /dev/{name}", os.mknod, f"{dev}/{name}", 0o20666, os.makedev(major, minor)
-            )
-    finally:
-        os.umask(old_umask)
-    for name, target in DEV_LINKS:
-        os.symlink(target, f"{dev}/{name}")
-    for sub in ("pts", "shm", "mqueue"):
-        os.mkdir(f"{dev}/{sub}", 0o755)
-    _step(
-        "mount /dev/pts",
-        libc.mount,
-        "devpts",
-        f"{dev}/pts",
-        "devpts",
-        libc.MS_NOSUID | libc.MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=0620,gid=5",
-    )
-    _step(
-        "mount /dev/shm",
-        libc.mount,
-        "shm",
-        f"{dev}/shm",
-        "tmpfs",
-        nosuid_nodev,
-        "mode=1777,size=65536k",
-    )
-    _step(
-        "mount /dev/mqueue",
-        libc.mount,
-        "mqueue",
-        f"{dev}/mqueue",
-        "mqueue",
-        nosuid_nodev | libc.MS_NOEXEC,
-        None,
-    )
-
-
-def _pivot(root: str) -> None:
-    os.chdir(root)
-    # pivot_root(".", ".") stacks the old root on top of the new one; detaching
-    # it leaves only the private area, with no directory to hold the old root.
-    _step("pivot_root", libc.pivot_root, ".", ".")
-    _step("detach old root", libc.umount2, ".", libc.MNT_DETACH)
-    os.chdir("/")
-
-
-def _loopback_up() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        req = struct.pack("16sH22x", b"lo", 0)
-        flags = struct.unpack("16sH22x", fcntl.ioctl(sock, _SIOCGIFFLAGS, req))[1]
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
-
 
 def _become_init(spec: LaunchRequest, errpipe: int, go: int | None) -> None:
-    """Runs in the child (PID 1 of the new pid namespace); never returns.
-
-    With ``go``, waits before exec until ctfsd (through the parent) says go: ctfsd
-    sets up what lives outside the container, such as its network, meanwhile.
-    """
+    """Runs in the child (PID 1 of the new pid namespace); never returns."""
     os.umask(0o022)
-    _mount_filesystems(spec.root)
-    _pivot(spec.root)
-    _step("sethostname", libc.sethostname, spec.hostname)
-    _step("bring up lo", _loopback_up)
-    for cap in spec.drop_caps:
-        _step(f"drop capability {cap}", libc.prctl, libc.PR_CAPBSET_DROP, cap)
-    os.setsid()
-    if go is not None and os.read(go, 1) != b"g":
-        raise Step("ctfsd abandoned the start")
-    _step("load the seccomp filter", seccomp.install)
-    null = os.open("/dev/null", os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    # Everything but stdio and the close-on-exec error pipe goes now.
-    os.closerange(3, errpipe)
-    os.closerange(errpipe + 1, 65536)
-    argv = spec.init
-    _step(f"exec {argv[0]}", os.execve, argv[0], argv, spec.env)
+    mount_filesystems(spec.root)
+    pivot(spec.root)
+    step("sethostname", libc.sethostname, spec.hostname)
+    step("bring up lo", loopback_up)
+    exec_init(spec, errpipe, go)
 
 
 def launch(spec: LaunchRequest, talk: socket.socket) -> LaunchReply:
@@ -227,10 +61,14 @@ def launch(spec: LaunchRequest, talk: socket.socket) -> LaunchReply:
         for join_file in spec.cgroup_join:
             with open(join_file, "w") as f:
                 f.write("0")
+    except OSError as exc:
+        return LaunchReply(error=f"cannot enter the container's cgroups: {exc.strerror or exc}")
+    if spec.id_base is not None:
+        return spawn_private.launch(spec, talk)
+    try:
         libc.unshare(NAMESPACES)
     except OSError as exc:
-        return LaunchReply(error=f"cannot enter cgroups and namespaces: {exc.strerror or exc}")
-
+        return LaunchReply(error=f"cannot make namespaces: {exc.strerror or exc}")
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     go_read, go_write = os.pipe2(os.O_CLOEXEC) if spec.hold else (None, None)
     pid = os.fork()
@@ -245,23 +83,10 @@ def launch(spec: LaunchRequest, talk: socket.socket) -> LaunchReply:
         except BaseException as exc:  # report anything, the parent is waiting
             os.write(write_end, f"launcher: {exc!r}".encode())
         os._exit(127)
-
     os.close(write_end)
-    if go_read is not None and go_write is not None:
+    if go_read is not None:
         os.close(go_read)
-        talk.sendall(json.dumps({"held": pid}).encode())
-        answer = talk.recv(16)
-        # Anything but go (ctfsd gave up, or is gone) makes init exit unexec'd.
-        os.write(go_write, b"g" if answer == b"go" else b"x")
-        os.close(go_write)
-    # EOF means the child's exec closed the pipe; text means it failed first.
-    chunks = []
-    while chunk := os.read(read_end, 4096):
-        chunks.append(chunk)
-    if chunks:
-        os.waitpid(pid, 0)
-        return LaunchReply(error=b"".join(chunks).decode(errors="replace"))
-    return LaunchReply(pid=pid)
+    return hand_over(pid, talk, read_end, go_write, child=True)
 
 
 def serve(control: socket.socket) -> None:

@@ -29,6 +29,7 @@ from ctfs.errors import CtfsError, busy, invalid, kernel_failed
 from ctfs.kernel.api import Checkpointer, CriuDump, CriuError, CriuRestore
 from ctfs.model import containment, dumpfile, lifecycle
 from ctfs.model.container import Container, InitProcess, State
+from ctfs.policy import idmap
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,16 @@ async def _checkpointer(ct: Container) -> Checkpointer:
 async def freeze(ct: Container) -> None:
     """Checkpoint into the dump file and end the processes; or change nothing."""
     engine = await _checkpointer(ct)
+    if idmap.base_of(ct.settings) is not None and ct.addresses:
+        # Checked by hand with CRIU 4.2.1 on 6.18: the dump works, but the restore
+        # has to re-create eth0 through CRIU's user-namespace daemon, and the
+        # kernel refuses that link request (EOPNOTSUPP).  Refused before anything
+        # is ended rather than after.
+        raise CtfsError(
+            errno.EOPNOTSUPP,
+            "a container with a private id range and IP addresses cannot be "
+            "checkpointed yet: CRIU cannot re-create its veth in a user namespace",
+        )
     init = ct.init
     assert init is not None
     cgroups = ct.backends.cgroups
@@ -99,6 +110,7 @@ async def freeze(ct: Container) -> None:
         cgroups=cgroups.criu_options(ct.ctid),
         veth=ct.backends.network.veth(ct.ctid) if ct.addresses else None,
         timeout=CRIU_TIMEOUT_S,
+        id_base=idmap.base_of(ct.settings),
     )
     try:
         await trio.to_thread.run_sync(engine.dump, options, lambda: None)
@@ -250,6 +262,7 @@ async def _restore_from(
             manifest.info.get("ctid") == ct.ctid
             and manifest.info.get("cgroup_parent") == cgroups.parent
         ),
+        id_base=idmap.base_of(ct.settings),
     )
     try:
         pid = await trio.to_thread.run_sync(

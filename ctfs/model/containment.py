@@ -8,9 +8,10 @@ import signal
 
 from ctfs.errors import kernel_failed
 from ctfs.model.container import Container
+from ctfs.policy import idmap
 
-# Namespaces a restored process must not share with the host (user is added once
-# containers have user namespaces of their own).
+# Namespaces a restored process must not share with the host (and its user
+# namespace too, for a container with a private id range).
 CONTAINED = ("pid", "mnt", "net", "uts", "ipc")
 
 
@@ -30,12 +31,16 @@ def checked_tree(ct: Container, init: int) -> list[int]:
     private = ct.root.stat()
     if first.root != (private.st_dev, private.st_ino):
         raise kernel_failed("the restored init's root is not the container's private area")
+    base = idmap.base_of(ct.settings)
+    if base is not None and processes.uid_map(init) != idmap.render(ct.settings):
+        raise kernel_failed("the restored init is not in a user namespace of the container's ids")
+    contained = (*CONTAINED, "user") if base is not None else CONTAINED
     tree = processes.tree(init)
     for pid in tree:
         place = processes.placement(pid)
         if place is None:
             continue  # ended meanwhile
-        shared = [ns for ns in CONTAINED if place.namespaces[ns] == host.namespaces[ns]]
+        shared = [ns for ns in contained if place.namespaces[ns] == host.namespaces[ns]]
         if shared:
             raise kernel_failed(
                 f"restored PID {pid} is in the host's {', '.join(shared)} namespace"

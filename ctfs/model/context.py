@@ -23,6 +23,8 @@ class Context:
     state_dir: Path
     stop_timeout: float
     address_owner: Callable[[IPAddress], int | None]
+    # The first host ids of every private id range containers hold.
+    id_bases_taken: Callable[[], set[int]]
     nursery: trio.Nursery | None = None
     # Set once CRIU has been probed; checkpoint requests wait for it.
     checkpoints_probed: trio.Event = field(default_factory=trio.Event)

@@ -19,6 +19,7 @@ from ctfs.kernel.api import Backends, IPAddress, NetworkError, StorageError
 from ctfs.model import checkpoint, lifecycle, resources
 from ctfs.model.container import CONF, Container, State
 from ctfs.model.context import Context
+from ctfs.policy import idmap
 from ctfs.policy.beancounters import Counter
 from ctfs.policy.values import CTID_MAX, parse_ctid
 
@@ -40,7 +41,9 @@ class Host:
         self.state_dir = state_dir
         self.default_template = default_template
         self.containers: dict[int, Container] = {}
-        self.ctx = Context(backends, state_dir, stop_timeout, self.address_owner)
+        self.ctx = Context(
+            backends, state_dir, stop_timeout, self.address_owner, self.id_bases_taken
+        )
 
     def start(self, nursery: trio.Nursery) -> None:
         """Begin serving: load the containers on disk and watch the running ones."""
@@ -90,6 +93,10 @@ class Host:
             if address in container.addresses:
                 return ctid
         return None
+
+    def id_bases_taken(self) -> set[int]:
+        bases = (idmap.base_of(ct.settings) for ct in self.containers.values())
+        return {base for base in bases if base is not None}
 
     def template_names(self) -> list[str]:
         return self.backends.templates.names()

@@ -22,6 +22,7 @@ from ctfs.errors import kernel_failed, not_found
 from ctfs.kernel.api import LaunchReply, LaunchRequest, NetworkError
 from ctfs.model import apply, settings
 from ctfs.model.container import Container, InitProcess, State, reap
+from ctfs.policy import idmap
 from ctfs.policy.security import DROPPED_CAPABILITIES
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ async def start(ct: Container) -> None:
         cgroup_join=cgroups.join_files(ct.ctid),
         drop_caps=sorted(DROPPED_CAPABILITIES.values()),
         env=dict(INIT_ENV),
+        id_base=idmap.base_of(ct.settings),
     )
     addresses = ct.addresses
 
@@ -101,6 +103,9 @@ async def prepare_cgroups(ct: Container) -> None:
     def create() -> None:
         ct.backends.cgroups.create(ct.ctid)
         apply.cgroups(ct, ct.settings)
+        base = idmap.base_of(ct.settings)
+        if base is not None:
+            ct.backends.cgroups.delegate(ct.ctid, base)
 
     try:
         await trio.to_thread.run_sync(create)

@@ -7,9 +7,9 @@ from pathlib import Path
 import trio
 
 from ctfs.errors import busy, invalid, not_found, not_permitted
-from ctfs.model import checkpoint, lifecycle
+from ctfs.model import checkpoint, lifecycle, settings
 from ctfs.model.container import Container, State
-from ctfs.policy import quota
+from ctfs.policy import idmap, quota
 
 REQUESTABLE = (State.RUNNING, State.STOPPED, State.FROZEN)
 
@@ -77,3 +77,19 @@ def _swap_private_area(ct: Container, template_root: Path, name: str) -> None:
         storage.delete(fresh)
         raise
     storage.delete(old)
+
+
+async def set_id_range(ct: Container, mode: str) -> None:
+    """``private``: its own unprivileged id range from the next start; ``host``: none."""
+    if ct.state is not State.STOPPED:
+        raise busy(f"the container is {ct.state.value}; its ids change only while it is stopped")
+    current = idmap.base_of(ct.settings)
+    if mode == idmap.PRIVATE:
+        if current is not None:
+            return
+        value = idmap.setting(idmap.free_base(ct.ctx.id_bases_taken()))
+    else:
+        if current is None:
+            return
+        value = idmap.HOST
+    await settings.update(ct, {idmap.KEY: value}, f"idmap: {mode} ({value})")

@@ -91,3 +91,12 @@ def running(container: Path) -> Path:
     assert write_errno(container / "state", b"running") == 0
     assert wait_for(lambda: _booted(container), timeout=10), "the container did not boot"
     return container
+
+
+@pytest.fixture
+def private(container: Path) -> Path:
+    """A running container with a private id range (its root an unprivileged host user)."""
+    assert write_errno(container / "idmap", b"private\n") == 0
+    assert write_errno(container / "state", b"running") == 0
+    assert wait_for(lambda: _booted(container), timeout=10), "the container did not boot"
+    return container

@@ -1,0 +1,148 @@
+"""Starting a container with a private id range: its own user namespace owns the rest.
+
+Three processes take part.  This one (W, a fresh fork of the spawner, root on the
+host) forks a helper that makes the user namespace U and, once W has written U's
+id map, the container's network, UTS, IPC, cgroup and pid namespaces inside U, so
+that they belong to the container's root; the helper forks the container's init
+(PID 1 of the new pid namespace, root of U) and exits.  Init waits.
+
+W then builds the container's mounts with the host's privileges: the private area
+idmapped to U (owned by 0 on disk, by the container's root inside), /proc of the
+container's pid namespace, /sys, /dev; pivots into them; becomes root of U and
+unshares a mount namespace of U's own.  Its copies of those mounts are locked:
+from inside they cannot be unmounted, nor made writable, nor their flags cleared.
+W passes that namespace to init, which enters it, sets its host name and execs
+the template's init under the seccomp filter.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from ctfs.kernel import libc, userns
+from ctfs.kernel.api import LaunchReply, LaunchRequest
+from ctfs.kernel.container_mounts import Owner, Step, mount_filesystems, pivot, step
+from ctfs.kernel.handoff import exec_init, hand_over, loopback_up
+
+OWNED = libc.CLONE_NEWNET | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWCGROUP
+SIZE = 65536
+
+
+def launch(spec: LaunchRequest, talk: socket.socket) -> LaunchReply:
+    assert spec.id_base is not None
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC) if spec.hold else (None, None)
+    up_r, up_w = os.pipe2(os.O_CLOEXEC)
+    down_r, down_w = os.pipe2(os.O_CLOEXEC)
+    helper = os.fork()
+    if helper == 0:
+        ours.close()
+        for fd in (err_r, up_r, down_w, go_w):
+            if fd is not None:
+                os.close(fd)
+        _helper(spec, theirs, err_w, go_r, up_w, down_r)
+    theirs.close()
+    for fd in (err_w, up_w, down_r, go_r):
+        if fd is not None:
+            os.close(fd)
+    try:
+        init = _map_ids(helper, spec.id_base, up_r, down_w)
+        namespace = _build_mounts(spec, init, spec.id_base)
+        socket.send_fds(ours, [b"m"], [namespace])
+    except (OSError, Step) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return LaunchReply(error=f"cannot build the container: {reason}")
+    finally:
+        ours.close()  # an init still waiting sees the end and exits
+    return hand_over(init, talk, err_r, go_w, child=False)
+
+
+def _map_ids(helper: int, base: int, up: int, down: int) -> int:
+    """Write U's id maps once the helper made it; the host PID of init."""
+    try:
+        if os.read(up, 1) != b"u":
+            raise Step("the user namespace could not be made")
+        for which in ("uid_map", "gid_map"):
+            with open(f"/proc/{helper}/{which}", "w") as f:
+                f.write(userns.id_map(base, SIZE))
+        os.write(down, b"m")
+        answer = os.read(up, 32)
+        if not answer.isdigit():
+            raise Step("the container's namespaces could not be made")
+        return int(answer)
+    finally:
+        os.close(down)
+        os.close(up)
+        os.waitpid(helper, 0)
+
+
+def _helper(
+    spec: LaunchRequest, sock: socket.socket, errpipe: int, go: int | None, up: int, down: int
+) -> None:
+    """In the helper: U, then the namespaces U owns, then init.  Never returns."""
+    status = 1
+    try:
+        libc.unshare(libc.CLONE_NEWUSER)
+        os.write(up, b"u")
+        if os.read(down, 1) == b"m":
+            os.setgroups([])
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            libc.unshare(OWNED | libc.CLONE_NEWPID)
+            init = os.fork()
+            if init == 0:
+                os.close(up)
+                os.close(down)
+                _init(spec, sock, errpipe, go)
+            os.write(up, str(init).encode())
+            status = 0
+    finally:
+        os._exit(status)
+
+
+def _init(spec: LaunchRequest, sock: socket.socket, errpipe: int, go: int | None) -> None:
+    """In init (PID 1, root of U): wait for the mounts, enter them, exec.  Never returns."""
+    try:
+        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+        sock.close()
+        if not fds:
+            raise Step("the container's mounts were not built")
+        step("enter the container's mounts", libc.setns, fds[0], libc.CLONE_NEWNS)
+        os.close(fds[0])
+        os.chdir("/")
+        os.umask(0o022)
+        step("sethostname", libc.sethostname, spec.hostname)
+        step("bring up lo", loopback_up)
+        exec_init(spec, errpipe, go)
+    except Step as exc:
+        os.write(errpipe, str(exc).encode())
+    except BaseException as exc:  # report anything, the spawner is waiting
+        os.write(errpipe, f"launcher: {exc!r}".encode())
+    os._exit(127)
+
+
+def _build_mounts(spec: LaunchRequest, init: int, base: int) -> int:
+    """The container's mount namespace, built here and locked; a descriptor of it.
+
+    Leaves this process root of U in that namespace (it only replies to ctfsd
+    afterwards).
+    """
+    host_proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    names = ("user", "net", "uts", "ipc")
+    spaces = {n: os.open(f"/proc/{init}/ns/{n}", os.O_RDONLY | os.O_CLOEXEC) for n in names}
+    try:
+        step("unshare the mount namespace", libc.unshare, libc.CLONE_NEWNS)
+        # sysfs shows the network namespace, mqueue the IPC namespace, of its mounter.
+        for name in ("net", "uts", "ipc"):
+            step(f"enter the container's {name} namespace", libc.setns, spaces[name], 0)
+        owner = Owner(base, f"/proc/{init}/ns/pid", spaces["user"])
+        mount_filesystems(spec.root, owner)
+        pivot(spec.root)
+        step("become the container's root", userns.become_root, spaces["user"])
+        step("lock the container's mounts", libc.unshare, libc.CLONE_NEWNS)
+        return os.open(f"{os.getpid()}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=host_proc)
+    finally:
+        for fd in (host_proc, *spaces.values()):
+            os.close(fd)
