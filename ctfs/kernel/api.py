@@ -373,6 +373,8 @@ class CriuRestore:
     leave_stopped: bool = True
     # A private id range: the root is shown idmapped, /dev is made anew (see CriuDump).
     id_base: int | None = None
+    # ctfs makes the veth itself while CRIU restores (CRIU cannot, in a user namespace).
+    make_veth: bool = False
 
 
 class Checkpointer(Protocol):

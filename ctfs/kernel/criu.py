@@ -165,11 +165,13 @@ class Criu:
                 argv += ["--cgroup-root", mapping]
         env: dict[str, str] = {}
         if options.veth is not None:
-            argv += ["--external", _external(options.veth)]
+            if not options.make_veth:
+                argv += ["--external", _external(options.veth)]
             argv += ["--action-script", str(_action_script(work))]
             env = {
                 "CTFS_HOST_VETH": options.veth.host,
                 "CTFS_ADDRESSES": " ".join(options.addresses),
+                "CTFS_MAKE_VETH": "1" if options.make_veth else "",
             }
         self._run(argv, work / "restore.log", options.timeout, on_timeout, env)
         try:

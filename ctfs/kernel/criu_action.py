@@ -4,6 +4,8 @@ CRIU runs it at every stage of a restore, with the stage in CRTOOLS_SCRIPT_ACTIO
 At post-setup-namespaces CRIU has just recreated the container's veth pair (the
 host end down, bare) and the container does not run yet: the host end is readied
 here, from CTFS_HOST_VETH and CTFS_ADDRESSES, which ctfsd put in CRIU's environment.
+With CTFS_MAKE_VETH (a container in a user namespace, whose veth CRIU cannot make)
+the pair is made here, eth0 in the network namespace of CRTOOLS_INIT_PID.
 A non-zero exit aborts the restore.
 """
 
@@ -19,12 +21,16 @@ def main() -> int:
     import ipaddress
 
     from ctfs.kernel.api import NetworkError
-    from ctfs.kernel.network import ready_restored_host_end
+    from ctfs.kernel.network import make_restored_veth, ready_restored_host_end
 
     name = os.environ.get("CTFS_HOST_VETH", "")
     addresses = [ipaddress.ip_address(a) for a in os.environ.get("CTFS_ADDRESSES", "").split()]
     try:
-        ready_restored_host_end(name, addresses)
+        if os.environ.get("CTFS_MAKE_VETH"):
+            # The restored sockets bind their addresses next: they must be there.
+            make_restored_veth(name, int(os.environ["CRTOOLS_INIT_PID"]), addresses)
+        else:
+            ready_restored_host_end(name, addresses)
     except (NetworkError, OSError) as exc:
         print(f"ctfs: cannot ready {name}: {exc}", file=sys.stderr)
         return 1

@@ -66,6 +66,20 @@ def prepare_host_end(ipr: IPRoute, index: int, name: str) -> None:
         ipr.addr("add", index=index, address=HOST_LINK_LOCAL6, prefixlen=64, flags=_IFA_F_NODAD)
 
 
+def make_restored_veth(name: str, pid: int, addresses: Iterable[Address]) -> None:
+    """The veth of a container being restored in a user namespace, made and configured.
+
+    CRIU cannot make it there; the restored sockets need their addresses at once.
+    Proxies and the source filter stayed in place while it was frozen.
+    """
+    wanted = tuple(addresses)
+    network = Network(UPLINK_NONE)
+    with _netlink(f"make {name}") as ipr:
+        index = network.make_veth(ipr, name, pid)
+        Network.configure_guest(pid, wanted)
+        Network.route_to(ipr, index, wanted)
+
+
 def ready_restored_host_end(name: str, addresses: Iterable[Address]) -> None:
     """The host end of a veth CRIU has just recreated: configured and routed.
 
@@ -161,7 +175,7 @@ class Network:
             self._enable_forwarding(wanted)
             with _netlink(f"set up {host_ifname(ctid)}") as ipr:
                 index = self._ensure_veth(ipr, ctid, pid)
-                self._configure_guest(pid, wanted)
+                self.configure_guest(pid, wanted)
                 self.route_to(ipr, index, wanted)
                 self._proxy(ipr, ctid, wanted)
 
@@ -224,6 +238,11 @@ class Network:
             return int(existing[0])
         for index in existing:  # left from an earlier run: its peer is elsewhere
             ipr.link("del", index=index)
+        return self.make_veth(ipr, name, pid)
+
+    @staticmethod
+    def make_veth(ipr: IPRoute, name: str, pid: int) -> int:
+        """A new pair: ``name`` on the host, eth0 in the network namespace of ``pid``."""
         fd = os.open(netns.path(pid), os.O_RDONLY | os.O_CLOEXEC)
         try:
             ipr.link(
@@ -241,7 +260,7 @@ class Network:
             return bool(ipr.link_lookup(ifname=GUEST_IFNAME))
 
     @staticmethod
-    def _configure_guest(pid: int, wanted: tuple[Address, ...]) -> None:
+    def configure_guest(pid: int, wanted: tuple[Address, ...]) -> None:
         with netns.entered(pid), _netlink("configure eth0 in the container") as ipr:
             index = ipr.link_lookup(ifname=GUEST_IFNAME)[0]
             # No duplicate address detection: the link has exactly two ends, both ours,

@@ -73,16 +73,7 @@ async def _checkpointer(ct: Container) -> Checkpointer:
 async def freeze(ct: Container) -> None:
     """Checkpoint into the dump file and end the processes; or change nothing."""
     engine = await _checkpointer(ct)
-    if idmap.base_of(ct.settings) is not None and ct.addresses:
-        # Checked by hand with CRIU 4.2.1 on 6.18: the dump works, but the restore
-        # has to re-create eth0 through CRIU's user-namespace daemon, and the
-        # kernel refuses that link request (EOPNOTSUPP).  Refused before anything
-        # is ended rather than after.
-        raise CtfsError(
-            errno.EOPNOTSUPP,
-            "a container with a private id range and IP addresses cannot be "
-            "checkpointed yet: CRIU cannot re-create its veth in a user namespace",
-        )
+    private = idmap.base_of(ct.settings) is not None
     init = ct.init
     assert init is not None
     cgroups = ct.backends.cgroups
@@ -103,19 +94,27 @@ async def freeze(ct: Container) -> None:
         await trio.to_thread.run_sync(_drop_scratch, ct)
         raise kernel_failed(f"cannot freeze the container: {exc}") from exc
     frozen_at = time.monotonic()
+    # CRIU 4.2.1 cannot re-create a veth for a restore in a user namespace on this
+    # kernel (its user-namespace daemon's link request is refused, EOPNOTSUPP).  So
+    # a private container's veth goes before the dump and ctfs makes it anew after
+    # the restore, as at a start; its sockets keep their addresses, and packets
+    # meanwhile are retransmitted.  Routes it added to eth0 itself are lost.
+    unlinked = private and bool(ct.addresses)
+    if unlinked:
+        await _forget_link(ct)
     options = CriuDump(
         pid=init.pid,
         images=images,
         work=work,
         cgroups=cgroups.criu_options(ct.ctid),
-        veth=ct.backends.network.veth(ct.ctid) if ct.addresses else None,
+        veth=ct.backends.network.veth(ct.ctid) if ct.addresses and not unlinked else None,
         timeout=CRIU_TIMEOUT_S,
         id_base=idmap.base_of(ct.settings),
     )
     try:
         await trio.to_thread.run_sync(engine.dump, options, lambda: None)
     except CriuError as exc:
-        await _recover_from_failed_dump(ct, init)
+        await _recover_from_failed_dump(ct, init, relink=unlinked)
         raise kernel_failed(f"checkpoint failed, the container runs on: {exc}") from exc
     dumped_at = time.monotonic()
     # CRIU ended the processes once their state was on disk.
@@ -154,9 +153,17 @@ def _manifest_info(ct: Container, criu_version: str) -> dict[str, object]:
     }
 
 
-async def _recover_from_failed_dump(ct: Container, init: InitProcess) -> None:
-    """After CRIU failed or was killed: the container runs on as it was."""
+async def _recover_from_failed_dump(ct: Container, init: InitProcess, relink: bool = False) -> None:
+    """After CRIU failed or was killed: the container runs on as it was.
+
+    ``relink``: its veth was removed for the dump; it is made anew.
+    """
     cgroups = ct.backends.cgroups
+    if relink and not init.exited.is_set():
+        try:
+            await trio.to_thread.run_sync(lifecycle.configure_network, ct, init.pid)
+        except OSError as exc:
+            ct.events.record(f"its network could not be made anew: {exc}", logging.ERROR)
     await trio.to_thread.run_sync(cgroups.thaw, ct.ctid)
     if not init.exited.is_set():
         try:
@@ -250,6 +257,7 @@ async def _restore_from(
     cgroups = ct.backends.cgroups
     await lifecycle.prepare_cgroups(ct)
     addresses = ct.addresses
+    private = idmap.base_of(ct.settings) is not None
     options = CriuRestore(
         images=images,
         work=work,
@@ -257,6 +265,8 @@ async def _restore_from(
         cgroups=cgroups.criu_options(ct.ctid),
         veth=ct.backends.network.veth(ct.ctid) if addresses else None,
         addresses=tuple(str(a) for a in addresses),
+        # A private container's veth is made by ctfs while CRIU restores (see freeze).
+        make_veth=private,
         timeout=CRIU_TIMEOUT_S,
         same_cgroups=(
             manifest.info.get("ctid") == ct.ctid

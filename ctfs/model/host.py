@@ -168,11 +168,15 @@ class Host:
         if template is None:
             raise not_found(f"the default template {self.default_template!r} is not installed")
         container = Container(self.ctx, ctid)
-        # Reserve the name at once: a second mkdir meanwhile sees EEXIST.
+        # Every new container gets an unprivileged id range of its own.  Reserve
+        # the name and the range at once: a second mkdir meanwhile sees EEXIST, or
+        # another range.
+        ids = idmap.setting(idmap.free_base(self.id_bases_taken()))
+        container.settings = {idmap.KEY: ids}
         self.containers[ctid] = container
         try:
             await trio.to_thread.run_sync(self._make_area, container, template.root)
-            container.persist(OSTEMPLATE=template.name, HOSTNAME=f"ct{ctid}")
+            container.persist(OSTEMPLATE=template.name, HOSTNAME=f"ct{ctid}", ID_RANGE=ids)
         except (OSError, StorageError) as exc:
             del self.containers[ctid]
             await trio.to_thread.run_sync(self._remove_area, container.dir)

@@ -310,11 +310,13 @@ ECHO_CLIENT = textwrap.dedent(
 )
 
 
-@pytest.fixture
-def net_container(net_ctfsd: Ctfsd) -> Iterator[Path]:
+@pytest.fixture(params=["host", "private"])
+def net_container(net_ctfsd: Ctfsd, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A running container with an address, with the host's ids or a private range."""
     ct = net_ctfsd.mount / "9901"
     ct.mkdir()
     try:
+        assert write_errno(ct / "idmap", f"{request.param}\n".encode()) == 0
         assert write_errno(ct / "ip", b"198.19.0.250") == 0
         assert write_errno(ct / "state", b"running") == 0
         yield ct

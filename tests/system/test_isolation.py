@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ctfs.policy.security import DROPPED_CAPABILITIES
-from tests.ctfsd_harness import ctfs_exec
+from tests.ctfsd_harness import ctfs_exec, write_errno
 
 
 def _init(container: Path) -> int:
@@ -38,8 +38,17 @@ def test_sys_is_read_only(running: Path) -> None:
     assert "Read-only" in result.stderr
 
 
-def test_proc_sys_is_read_only(running: Path) -> None:
+def test_proc_sys_is_not_writable(running: Path) -> None:
+    # The host's root owns it; the container's root is an unprivileged host user.
     result = ctfs_exec(running, "sh", "-c", "echo 1 > /proc/sys/vm/drop_caches")
+    assert result.returncode != 0
+    assert "Permission denied" in result.stderr
+
+
+def test_proc_sys_is_read_only_with_the_hosts_ids(container: Path) -> None:
+    assert write_errno(container / "idmap", b"host\n") == 0
+    assert write_errno(container / "state", b"running") == 0
+    result = ctfs_exec(container, "sh", "-c", "echo 1 > /proc/sys/vm/drop_caches")
     assert result.returncode != 0
     assert "Read-only" in result.stderr
 

@@ -20,12 +20,9 @@ def _base(container: Path) -> int:
     return int(base)
 
 
-def test_a_new_container_uses_the_hosts_ids(container: Path) -> None:
-    assert (container / "idmap").read_text() == "0 0 4294967295\n"
-
-
-def test_private_gives_a_range_of_its_own_saved_in_ctid_conf(ctfsd: Ctfsd, container: Path) -> None:
-    assert write_errno(container / "idmap", b"private\n") == 0
+def test_a_new_container_has_a_private_range_saved_in_ctid_conf(
+    ctfsd: Ctfsd, container: Path
+) -> None:
     base = _base(container)
     assert base >= 1 << 30 and base % SIZE == 0
     conf = (ctfsd.state / container.name / "ctid.conf").read_text()
@@ -36,8 +33,6 @@ def test_two_containers_never_share_a_range(mount: Path, container: Path, new_ct
     other = mount / str(new_ctid + 5000)
     other.mkdir()
     try:
-        for ct in (container, other):
-            assert write_errno(ct / "idmap", b"private\n") == 0
         assert _base(container) != _base(other)
     finally:
         other.rmdir()
@@ -54,6 +49,12 @@ def test_the_range_is_kept_across_restarts(private: Path) -> None:
 def test_the_ids_cannot_change_while_it_runs(private: Path) -> None:
     assert write_errno(private / "idmap", b"host\n") == errno.EBUSY
     assert _base(private) > 0
+
+
+def test_host_ids_are_an_explicit_choice(container: Path) -> None:
+    assert write_errno(container / "idmap", b"host\n") == 0
+    assert (container / "idmap").read_text() == "0 0 4294967295\n"
+    assert "idmap: host" in (container / "events").read_text()
 
 
 def test_a_bad_word_is_einval(container: Path) -> None:
@@ -118,13 +119,6 @@ def test_a_private_container_is_checkpointed_and_restored(private: Path) -> None
     assert count() > now
     init = (private / "procs").read_text().split()[0]
     assert Path(f"/proc/{init}/uid_map").read_text().split() == ["0", str(base), "65536"]
-
-
-def test_a_private_container_with_addresses_is_not_checkpointed_yet(private: Path) -> None:
-    assert write_errno(private / "ip", b"198.19.7.7\n") == 0
-    assert write_errno(private / "state", b"frozen") == errno.EOPNOTSUPP
-    assert (private / "state").read_text() == "running\n"
-    assert "cannot re-create its veth" in (private / "events").read_text()
 
 
 @pytest.mark.parametrize("mode", ["private", "host"])
