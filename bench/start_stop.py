@@ -422,6 +422,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--cat-reads", type=int, default=200, help="cat runs per file (default 200)"
     )
     parser.add_argument(
+        "--ids",
+        choices=("private", "host"),
+        default="private",
+        help="the container's ids: its own range (the default) or the host's",
+    )
+    parser.add_argument(
         "--settle",
         type=float,
         default=0.5,
@@ -476,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         daemon.start()
         container.mkdir()
+        write_errno(container / "idmap", f"{args.ids}\n".encode())
+        print(f"ctfs: CT {CTID} with {args.ids} ids: {(container / 'idmap').read_text().strip()}")
         ctfs_results = bench_ctfs(container, args.runs, args.settle)
 
         try:
