@@ -5,6 +5,10 @@ For two workloads of the busybox template, ``--runs`` times each (default 5):
 - idle: init and syslogd;
 - 256 MiB: the same plus a busybox awk holding 256 MiB of touched memory;
 
+each twice, the ctfs container with the host's ids and then with a private id
+range (the raw peer always with the host's: raw criu would need the idmapped
+root and the fresh /dev that ctfs makes for a private container's restore);
+
 it measures, alternating between the two sides,
 
 1. ctfs: ``echo frozen > state`` (freeze, criu dump, dump file written and synced)
@@ -88,9 +92,12 @@ def booted(ct: Path) -> bool:
     return len((ct / "procs").read_text().split()) >= 2
 
 
-def prepare(mount: Path, ctid: str, hog: bool) -> Path:
+def prepare(mount: Path, ctid: str, hog: bool, ids: str) -> Path:
     ct = mount / ctid
     ct.mkdir()
+    # The raw peer is always restored with the host's ids: raw criu would need the
+    # idmapped root and the fresh /dev ctfs gives a private container's restore.
+    (ct / "idmap").write_text(f"{ids}\n")
     write_state(ct, "running")
     if not wait_for(lambda: booted(ct), timeout=10):
         raise BenchError(f"container {ctid} did not boot")
@@ -158,15 +165,15 @@ def lxc_cycle(lxc: LxcContainer, work: Path, into: Side) -> None:
             into.size.append(sum(p.stat().st_size for p in images.rglob("*") if p.is_file()))
 
 
-def bench_workload(hog: bool, runs: int) -> tuple[Side, Side, str]:
+def bench_workload(hog: bool, runs: int, ids: str) -> tuple[Side, Side, str]:
     ours, raw = Side(), Side()
     daemon = Ctfsd()
     peer_daemon = Ctfsd()
     try:
         daemon.start()
         peer_daemon.start()
-        ct = prepare(daemon.mount, "201", hog)
-        peer = prepare(peer_daemon.mount, "202", hog)
+        ct = prepare(daemon.mount, "201", hog, ids)
+        peer = prepare(peer_daemon.mount, "202", hog, "host")
         peer_pid = int((peer / "procs").read_text().split()[0])
         # From here on nothing but criu touches the peer's tree.
         peer_daemon.kill()
@@ -209,9 +216,11 @@ def main() -> int:
     results: dict[str, tuple[Side, Side, str]] = {}
     lxc_side, lxc_note = Side(), ""
     try:
-        for name, hog in (("idle", False), (f"{HOG_MIB} MiB", True)):
-            print(f"{name}: {args.runs} freeze/restore cycles each ...", flush=True)
-            results[name] = bench_workload(hog, args.runs)
+        for ids in ("host", "private"):
+            for name, hog in (("idle", False), (f"{HOG_MIB} MiB", True)):
+                label = f"{name}, ctfs with {ids} ids"
+                print(f"{label}: {args.runs} freeze/restore cycles each ...", flush=True)
+                results[label] = bench_workload(hog, args.runs, ids)
         if not args.skip_lxc:
             lxc_side, lxc_note = bench_lxc(work, args.runs)
     finally:

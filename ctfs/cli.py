@@ -98,7 +98,7 @@ def run_inside(mount: str, name: str, argv: list[str]) -> int:
     # reach.  (os.execvpe imports warnings lazily, so it is loaded here too.)
     import warnings  # noqa: F401
 
-    from ctfs.kernel import nsenter, seccomp
+    from ctfs.kernel import libc, nsenter, seccomp
 
     on_terminal = os.isatty(0) and os.isatty(1)
     if on_terminal:
@@ -110,13 +110,14 @@ def run_inside(mount: str, name: str, argv: list[str]) -> int:
     if "TERM" in os.environ:
         env["TERM"] = os.environ["TERM"]
     try:
-        nsenter.join_container(init_pid)
+        joined = nsenter.join_container(init_pid)
     except OSError as exc:
         raise CliError(f"cannot join container {name}: {exc.strerror or exc}") from exc
 
     def start() -> None:
         """In the child: only stdio crosses into the container, then exec."""
         try:
+            nsenter.enter_user(joined)
             seccomp.install()
             os.closerange(3, 65536)
             os.chdir("/root" if os.path.isdir("/root") else "/")
@@ -130,9 +131,9 @@ def run_inside(mount: str, name: str, argv: list[str]) -> int:
 
     # The pid namespace applies to children only: the command always runs in a child.
     if on_terminal:
-        status = pty_relay.run_on_pty(start)
+        status = pty_relay.run_on_pty(start, lambda: libc.fork_into_cgroup(joined.birth))
     else:
-        pid = os.fork()
+        pid = libc.fork_into_cgroup(joined.birth)
         if pid == 0:
             # A session of its own inside the container, as on a terminal: a session
             # led from outside the pid namespace would make the container impossible

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from ctfs.model.caller import Caller
-from ctfs.model.checkpoint import Upload
 from ctfs.model.container import Container
+from ctfs.model.dump_upload import Upload
 from ctfs.model.host import Host
 
 

@@ -28,8 +28,8 @@ from ctfs.fs.boundary import boundary as _boundary
 from ctfs.fs.boundary import refusal as _refusal
 from ctfs.fs.places import Path, Place, child, listing, resolve
 from ctfs.model.caller import Caller, identify
-from ctfs.model.checkpoint import Upload
 from ctfs.model.container import Container
+from ctfs.model.dump_upload import Upload
 from ctfs.model.host import Host
 
 log = logging.getLogger(__name__)

@@ -105,6 +105,10 @@ class Cgroups(Protocol):
     def join_files(self, ctid: int) -> list[str]:
         """The files a single-threaded process writes ``0`` to, to move itself in."""
 
+    def birth_cgroup(self, ctid: int) -> str | None:
+        """A cgroup2 directory of the container that new processes are born into
+        (clone3) rather than moved into: a move there costs an RCU grace period."""
+
     def kill_all(self, ctid: int) -> None:
         """SIGKILL every process of the container, with no chance to fork away."""
 
@@ -321,6 +325,8 @@ class LaunchRequest:
     hold: bool = False
     # The first host id of the container's private id range; None: the host's ids.
     id_base: int | None = None
+    # Init (or what makes it) is born in this cgroup2 directory; see Cgroups.birth_cgroup.
+    cgroup_birth: str | None = None
 
 
 @dataclass(frozen=True)

@@ -128,11 +128,13 @@ class CgroupsV1:
         # threadgroup lock and waits for an RCU grace period (10-20 ms here), while
         # a thread moving itself through "tasks" skips it (0.05 ms).  For a
         # single-threaded process the two are the same.
-        # The unified hierarchy has no tasks file: there the whole process moves.
-        return [
-            str(d / "tasks") if (d / "tasks").exists() else str(d / "cgroup.procs")
-            for d in self._dirs(ctid)
-        ]
+        # The unified hierarchy has no tasks file: a process is born there instead.
+        return [str(d / "tasks") for d in self._dirs(ctid) if (d / "tasks").exists()]
+
+    def birth_cgroup(self, ctid: int) -> str | None:
+        if "unified" not in self.hierarchies:
+            return None
+        return str(self._dir("unified", ctid))
 
     def freeze(self, ctid: int, timeout: float) -> None:
         state = self._dir("freezer", ctid) / "freezer.state"

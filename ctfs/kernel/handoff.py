@@ -8,6 +8,8 @@ import json
 import os
 import socket
 import struct
+from collections.abc import Callable
+from typing import NoReturn
 
 from ctfs.kernel import libc, seccomp
 from ctfs.kernel.api import LaunchReply, LaunchRequest
@@ -46,6 +48,29 @@ def exec_init(spec: LaunchRequest, errpipe: int, go: int | None) -> None:
     os.closerange(errpipe + 1, 65536)
     argv = spec.init
     step(f"exec {argv[0]}", os.execve, argv[0], argv, spec.env)
+
+
+def born(spec: LaunchRequest) -> int:
+    """fork(), the child born in the container's cgroup2 cgroup if it has one."""
+    if spec.cgroup_birth is None:
+        return os.fork()
+    fd = os.open(spec.cgroup_birth, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return libc.fork_into_cgroup(fd)
+    finally:
+        os.close(fd)
+
+
+def run_init(errpipe: int, body: Callable[[], None]) -> NoReturn:
+    """Run ``body`` (which execs the container's init); if it returns or fails, say
+    why on ``errpipe``, where the spawner waits, and exit."""
+    try:
+        body()
+    except Step as exc:
+        os.write(errpipe, str(exc).encode())
+    except BaseException as exc:  # report anything, the spawner is waiting
+        os.write(errpipe, f"launcher: {exc!r}".encode())
+    os._exit(127)
 
 
 def hand_over(

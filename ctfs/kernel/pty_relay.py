@@ -27,11 +27,11 @@ def _copy_window_size(source: int, dest: int) -> None:
         fcntl.ioctl(dest, termios.TIOCSWINSZ, size)
 
 
-def run_on_pty(start: Callable[[], None]) -> int:
+def run_on_pty(start: Callable[[], None], fork: Callable[[], int] = os.fork) -> int:
     """Fork; the child gets a container pty as its controlling terminal and calls ``start``
     (which execs).  Relay until it exits; return its raw wait status."""
     master, slave = os.openpty()  # the container's /dev/ptmx: we joined its mount ns
-    pid = os.fork()
+    pid = fork()
     if pid == 0:
         os.close(master)
         os.setsid()

@@ -77,10 +77,11 @@ def remove(folder: Path) -> None:
         path = folder / name
         with contextlib.suppress(OSError):
             libc.umount2(str(path), libc.MNT_DETACH)
-        with contextlib.suppress(FileNotFoundError):
-            try:
-                path.rmdir()
-            except OSError as exc:
-                log.error("cannot remove %s: %s (still mounted?)", path, exc)
+        try:
+            path.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.error("cannot remove %s: %s (still mounted?)", path, exc)
     with contextlib.suppress(FileNotFoundError, OSError):
         folder.rmdir()

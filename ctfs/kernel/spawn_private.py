@@ -23,7 +23,7 @@ import socket
 from ctfs.kernel import libc, userns
 from ctfs.kernel.api import LaunchReply, LaunchRequest
 from ctfs.kernel.container_mounts import Owner, Step, mount_filesystems, pivot, step
-from ctfs.kernel.handoff import exec_init, hand_over, loopback_up
+from ctfs.kernel.handoff import born, exec_init, hand_over, loopback_up, run_init
 
 OWNED = libc.CLONE_NEWNET | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWCGROUP
 SIZE = 65536
@@ -36,7 +36,10 @@ def launch(spec: LaunchRequest, talk: socket.socket) -> LaunchReply:
     go_r, go_w = os.pipe2(os.O_CLOEXEC) if spec.hold else (None, None)
     up_r, up_w = os.pipe2(os.O_CLOEXEC)
     down_r, down_w = os.pipe2(os.O_CLOEXEC)
-    helper = os.fork()
+    try:
+        helper = born(spec)
+    except OSError as exc:
+        return LaunchReply(error=f"cannot start the container: {exc.strerror or exc}")
     if helper == 0:
         ours.close()
         for fd in (err_r, up_r, down_w, go_w):
@@ -95,7 +98,7 @@ def _helper(
             if init == 0:
                 os.close(up)
                 os.close(down)
-                _init(spec, sock, errpipe, go)
+                run_init(errpipe, lambda: _init(spec, sock, errpipe, go))
             os.write(up, str(init).encode())
             status = 0
     finally:
@@ -103,24 +106,18 @@ def _helper(
 
 
 def _init(spec: LaunchRequest, sock: socket.socket, errpipe: int, go: int | None) -> None:
-    """In init (PID 1, root of U): wait for the mounts, enter them, exec.  Never returns."""
-    try:
-        _, fds, _, _ = socket.recv_fds(sock, 16, 1)
-        sock.close()
-        if not fds:
-            raise Step("the container's mounts were not built")
-        step("enter the container's mounts", libc.setns, fds[0], libc.CLONE_NEWNS)
-        os.close(fds[0])
-        os.chdir("/")
-        os.umask(0o022)
-        step("sethostname", libc.sethostname, spec.hostname)
-        step("bring up lo", loopback_up)
-        exec_init(spec, errpipe, go)
-    except Step as exc:
-        os.write(errpipe, str(exc).encode())
-    except BaseException as exc:  # report anything, the spawner is waiting
-        os.write(errpipe, f"launcher: {exc!r}".encode())
-    os._exit(127)
+    """In init (PID 1, root of U): wait for the mounts, enter them, exec."""
+    _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    sock.close()
+    if not fds:
+        raise Step("the container's mounts were not built")
+    step("enter the container's mounts", libc.setns, fds[0], libc.CLONE_NEWNS)
+    os.close(fds[0])
+    os.chdir("/")
+    os.umask(0o022)
+    step("sethostname", libc.sethostname, spec.hostname)
+    step("bring up lo", loopback_up)
+    exec_init(spec, errpipe, go)
 
 
 def _build_mounts(spec: LaunchRequest, init: int, base: int) -> int:

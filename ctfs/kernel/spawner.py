@@ -27,21 +27,18 @@ from dataclasses import asdict
 
 from ctfs.kernel import libc, spawn_private
 from ctfs.kernel.api import LaunchReply, LaunchRequest
-from ctfs.kernel.container_mounts import Step, mount_filesystems, pivot, step
-from ctfs.kernel.handoff import exec_init, hand_over, loopback_up
+from ctfs.kernel.container_mounts import mount_filesystems, pivot, step
+from ctfs.kernel.handoff import born, exec_init, hand_over, loopback_up, run_init
 
 NAMESPACES = (
-    libc.CLONE_NEWNS
-    | libc.CLONE_NEWUTS
-    | libc.CLONE_NEWIPC
-    | libc.CLONE_NEWNET
-    | libc.CLONE_NEWPID
-    | libc.CLONE_NEWCGROUP
+    libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWNET | libc.CLONE_NEWPID
 )
 
 
 def _become_init(spec: LaunchRequest, errpipe: int, go: int | None) -> None:
     """Runs in the child (PID 1 of the new pid namespace); never returns."""
+    # Rooted where this process was born: the container's cgroup in every hierarchy.
+    step("unshare the cgroup namespace", libc.unshare, libc.CLONE_NEWCGROUP)
     os.umask(0o022)
     mount_filesystems(spec.root)
     pivot(spec.root)
@@ -71,18 +68,15 @@ def launch(spec: LaunchRequest, talk: socket.socket) -> LaunchReply:
         return LaunchReply(error=f"cannot make namespaces: {exc.strerror or exc}")
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     go_read, go_write = os.pipe2(os.O_CLOEXEC) if spec.hold else (None, None)
-    pid = os.fork()
+    try:
+        pid = born(spec)
+    except OSError as exc:
+        return LaunchReply(error=f"cannot start init: {exc.strerror or exc}")
     if pid == 0:
         os.close(read_end)
         if go_write is not None:
             os.close(go_write)
-        try:
-            _become_init(spec, write_end, go_read)
-        except Step as exc:
-            os.write(write_end, str(exc).encode())
-        except BaseException as exc:  # report anything, the parent is waiting
-            os.write(write_end, f"launcher: {exc!r}".encode())
-        os._exit(127)
+        run_init(write_end, lambda: _become_init(spec, write_end, go_read))
     os.close(write_end)
     if go_read is not None:
         os.close(go_read)

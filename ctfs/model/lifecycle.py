@@ -64,6 +64,7 @@ async def start(ct: Container) -> None:
         hostname=ct.hostname,
         init=[template.init],
         cgroup_join=cgroups.join_files(ct.ctid),
+        cgroup_birth=cgroups.birth_cgroup(ct.ctid),
         drop_caps=sorted(DROPPED_CAPABILITIES.values()),
         env=dict(INIT_ENV),
         id_base=idmap.base_of(ct.settings),
