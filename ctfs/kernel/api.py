@@ -335,6 +335,8 @@ class LaunchReply:
 
     pid: int | None = None
     error: str = ""
+    # A failed start's process that ctfsd, its subreaper, is left to reap.
+    orphan: int | None = None
 
 
 BeforeExec = Callable[[int], Awaitable[None]]

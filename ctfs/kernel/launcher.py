@@ -84,7 +84,11 @@ class Launcher:
             return LaunchReply(error=str(exc))
         if "pid" in result and result["pid"] is not None:
             return LaunchReply(pid=int(result["pid"]))
-        return LaunchReply(error=str(result.get("error") or "no reason given"))
+        orphan = result.get("orphan")
+        return LaunchReply(
+            error=str(result.get("error") or "no reason given"),
+            orphan=int(orphan) if orphan is not None else None,
+        )
 
     async def _exchange(
         self, spec: dict[str, Any], before_exec: BeforeExec | None

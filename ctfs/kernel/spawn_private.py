@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import replace
 
 from ctfs.kernel import libc, userns
 from ctfs.kernel.api import LaunchReply, LaunchRequest
@@ -50,16 +51,19 @@ def launch(spec: LaunchRequest, talk: socket.socket) -> LaunchReply:
     for fd in (err_w, up_w, down_r, go_r):
         if fd is not None:
             os.close(fd)
+    init: int | None = None
     try:
         init = _map_ids(helper, spec.id_base, up_r, down_w)
         namespace = _build_mounts(spec, init, spec.id_base)
         socket.send_fds(ours, [b"m"], [namespace])
     except (OSError, Step) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        return LaunchReply(error=f"cannot build the container: {reason}")
+        return LaunchReply(error=f"cannot build the container: {reason}", orphan=init)
     finally:
         ours.close()  # an init still waiting sees the end and exits
-    return hand_over(init, talk, err_r, go_w, child=False)
+    reply = hand_over(init, talk, err_r, go_w, child=False)
+    # Init is the helper's orphan, not this process's child: ctfsd reaps it.
+    return reply if reply.pid is not None else replace(reply, orphan=init)
 
 
 def _map_ids(helper: int, base: int, up: int, down: int) -> int:

@@ -84,6 +84,8 @@ async def start(ct: Container) -> None:
     if reply.pid is None:
         # Whatever the launcher got to run is in the cgroup: end it all.
         await trio.to_thread.run_sync(cgroups.kill_all, ct.ctid)
+        if reply.orphan is not None:
+            await _reap_orphan(reply.orphan)
         await clean_up_cgroups(ct)
         await remove_network(ct)
         raise kernel_failed(f"start failed: {reply.error or 'no reason given'}")
@@ -96,6 +98,19 @@ async def start(ct: Container) -> None:
             ct.events.record(f"cannot save ctid.conf: {exc}", logging.ERROR)
     ms = (time.monotonic() - began) * 1000
     ct.events.record(f"started: init is PID {reply.pid} on the host ({ms:.0f} ms)")
+
+
+async def _reap_orphan(pid: int) -> None:
+    """Collect a failed start's process, reparented to ctfsd (its subreaper)."""
+    with trio.move_on_after(5):
+        while True:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return  # not ours (yet, or any more): nothing to collect
+            if done:
+                return
+            await trio.sleep(POLL_S)
 
 
 async def prepare_cgroups(ct: Container) -> None:

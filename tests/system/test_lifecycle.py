@@ -7,6 +7,8 @@ import os
 import threading
 from pathlib import Path
 
+import psutil
+
 from tests.ctfsd_harness import ALT_TEMPLATE, CONTROLLERS, Ctfsd, ctfs_exec, wait_for, write_errno
 
 
@@ -243,3 +245,15 @@ def test_a_failed_start_is_eio_with_the_reason_and_leaves_nothing(
     assert 'state: failed "running": start failed: exec /sbin/init' in last
     for controller in CONTROLLERS:
         assert not ctfsd.cgroup_dir(controller, int(container.name)).exists(), controller
+
+
+def test_a_failed_start_leaves_no_zombie_behind(ctfsd: Ctfsd, container: Path) -> None:
+    (ctfsd.state / container.name / "root" / "sbin" / "init").unlink()
+    assert write_errno(container / "state", b"running") == errno.EIO
+    assert ctfsd.proc is not None
+    zombies = [
+        child.pid
+        for child in psutil.Process(ctfsd.proc.pid).children()
+        if child.status() == psutil.STATUS_ZOMBIE
+    ]
+    assert zombies == []
