@@ -51,6 +51,21 @@ def test_what_ctfs_mounted_cannot_be_unmounted(private: Path, target: str) -> No
     assert target in ctfs_exec(private, "cat", "/proc/self/mounts").stdout
 
 
+def test_a_sysfs_mounted_inside_writes_nothing_of_the_hosts(private: Path) -> None:
+    knob = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not knob.exists():
+        pytest.skip("this kernel has no transparent hugepages knob")
+    before = knob.read_text()
+    current = before.split("[")[1].split("]")[0]
+    script = (
+        "mkdir -p /tmp/sys && mount -t sysfs sysfs /tmp/sys && "
+        f"echo {current} > /tmp/sys/kernel/mm/transparent_hugepage/enabled"
+    )
+    done = ctfs_exec(private, "sh", "-c", script)
+    assert done.returncode != 0
+    assert knob.read_text() == before
+
+
 def test_sys_cannot_be_made_writable(private: Path) -> None:
     done = ctfs_exec(private, "mount", "-o", "remount,rw", "/sys")
     assert done.returncode != 0
