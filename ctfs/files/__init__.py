@@ -6,7 +6,16 @@ per container holding the container's files.
 
 from __future__ import annotations
 
-from ctfs.files import beancounters, checkpoint, lifecycle, network, quota, root, scheduling
+from ctfs.files import (
+    beancounters,
+    checkpoint,
+    lifecycle,
+    metrics,
+    network,
+    quota,
+    root,
+    scheduling,
+)
 from ctfs.files.nodes import (
     Containers,
     ControlFile,
@@ -28,7 +37,7 @@ CONTAINER_NODES: tuple[Node, ...] = (
 
 TREE = Directory(
     "",
-    (*root.FILES, *beancounters.HOST_FILES, Containers(CONTAINER_NODES)),
+    (*root.FILES, *beancounters.HOST_FILES, *metrics.HOST_FILES, Containers(CONTAINER_NODES)),
 )
 
 __all__ = [

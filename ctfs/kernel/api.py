@@ -65,6 +65,7 @@ class KernelCounters:
     tasks: int = 0
     tasks_peak: int = 0
     tasks_refused: int = 0
+    cpu_ns: int = 0  # CPU time used since the cgroups were made
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,15 @@ class Network(Protocol):
         """Remove what an earlier ctfsd left for a container that stopped meanwhile."""
 
     def veth(self, ctid: int) -> Veth: ...
+
+    def traffic(self, ctid: int) -> Traffic | None:
+        """Bytes the container received and sent on its eth0; None without one."""
+
+
+@dataclass(frozen=True)
+class Traffic:
+    received: int
+    sent: int
 
 
 @dataclass(frozen=True)

@@ -254,6 +254,7 @@ class CgroupsV1:
             tasks=number(pids / "pids.current"),
             tasks_peak=number(pids / "pids.peak"),
             tasks_refused=keyed(pids / "pids.events", "max"),
+            cpu_ns=number(self._dir("cpuacct", ctid) / "cpuacct.usage"),
         )
 
     def populated(self) -> list[int]:

@@ -32,7 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ctfs.kernel import netns
 from ctfs.kernel.api import IPAddress as Address
-from ctfs.kernel.api import NetworkError, Veth
+from ctfs.kernel.api import NetworkError, Traffic, Veth
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,16 @@ class Network:
 
     def veth(self, ctid: int) -> Veth:
         return Veth(GUEST_IFNAME, host_ifname(ctid))
+
+    def traffic(self, ctid: int) -> Traffic | None:
+        # The host end counts the other way round: what it sends, eth0 received.
+        statistics = Path("/sys/class/net") / host_ifname(ctid) / "statistics"
+        try:
+            sent_here = int((statistics / "tx_bytes").read_text())
+            received_here = int((statistics / "rx_bytes").read_text())
+        except (OSError, ValueError):
+            return None
+        return Traffic(received=sent_here, sent=received_here)
 
     # ----------------------------------------------------------- queries
 
