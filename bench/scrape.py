@@ -1,7 +1,7 @@
 """What a monitoring agent that reads files pays to scrape beancounters, next to raw cgroup files.
 
 With N busybox containers running on a private ctfsd (``tests.ctfsd_harness.Ctfsd``),
-N from ``--counts`` (default 1,100,1000), it times three ways to collect the
+N from ``--counts`` (default 1,100,1000), it times the ways to collect the
 counters of every container, in-process (open, read to the end, close), interleaved
 pass by pass so that background work hits all three alike:
 
@@ -11,7 +11,8 @@ pass by pass so that background work hits all three alike:
    directly, 8 per container: memory.usage_in_bytes, memory.max_usage_in_bytes,
    memory.failcnt, memory.kmem.usage_in_bytes, pids.current, pids.peak,
    pids.events and memory.stat;
-4. raw + net: the same raw files plus ``/proc/<init>/net/{tcp,tcp6,udp,udp6}`` of each
+4. metrics: ``MOUNT/metrics`` once (every container's figures, Prometheus format);
+5. raw + net: the same raw files plus ``/proc/<init>/net/{tcp,tcp6,udp,udp6}`` of each
    container, the /proc tables ctfs also reads per container to count its sockets
    (it reads a few more small /proc files per process, for files, locks, ptys and
    signals, which are left out here).  This row shows where ctfs's time goes.
@@ -261,6 +262,13 @@ def host_pass(path: str, count: int) -> None:
         raise BenchError(f"{path}: {blocks} blocks, {count} containers running")
 
 
+def metrics_pass(path: str, count: int) -> None:
+    text = read_all(path).decode()
+    running = text.count('state="running"} 1')
+    if running != count:
+        raise BenchError(f"{path}: {running} running containers listed, {count} running")
+
+
 def raw_pass(paths: Sequence[str]) -> None:
     for path in paths:
         if not read_all(path):
@@ -284,6 +292,7 @@ def scrape(daemon: Ctfsd, fleet: Fleet, passes: int, min_reads: int) -> list[Way
     mount = daemon.mount
     per_ct = [(ctid, str(mount / str(ctid) / "beancounters")) for ctid in fleet.running]
     host = str(mount / "beancounters")
+    metrics = str(mount / "metrics")
     raw = [
         str(daemon.cgroup_dir(controller, ctid) / name)
         for ctid in fleet.running
@@ -295,6 +304,7 @@ def scrape(daemon: Ctfsd, fleet: Fleet, passes: int, min_reads: int) -> list[Way
         (Way(f"MOUNT/CTID/beancounters x {count}", count), lambda: per_container_pass(per_ct)),
         (Way("MOUNT/beancounters once", 1), lambda: host_pass(host, count)),
         (Way(f"raw cgroup files x {len(raw)}", len(raw)), lambda: raw_pass(raw)),
+        (Way("MOUNT/metrics once", 1), lambda: metrics_pass(metrics, count)),
         (
             Way(f"raw + /proc/INIT/net/* x {len(net)}", len(raw) + len(net)),
             lambda: raw_pass(raw + net),
@@ -360,15 +370,16 @@ def print_summary(results: Sequence[Result]) -> None:
     print("\nSummary (median wall time of one scrape of every container; ctfsd CPU per scrape)")
     print(
         f"  {'N':>5} {'per-CT files':>13} {'ctfsd CPU':>10} {'host file':>10} {'ctfsd CPU':>10}"
-        f" {'raw files':>10} {'host/raw':>9} {'raw + net':>10} {'idle ctfsd':>11}"
+        f" {'metrics':>10} {'raw files':>10} {'host/raw':>9} {'raw + net':>10} {'idle ctfsd':>11}"
     )
     for r in results:
-        per_ct, host, raw, net = r.ways
+        per_ct, host, raw, metrics, net = r.ways
         idle = f"{100 * r.idle_cpu_s / r.idle_s:.1f}%" if r.idle_s else "-"
         print(
             f"  {r.count:>5} {fmt_ms(per_ct.median_ms()):>13} {fmt_ms(per_ct.daemon_ms()):>10}"
             f" {fmt_ms(host.median_ms()):>10} {fmt_ms(host.daemon_ms()):>10}"
-            f" {fmt_ms(raw.median_ms()):>10} {host.median_ms() / raw.median_ms():>8.0f}x"
+            f" {fmt_ms(metrics.median_ms()):>10} {fmt_ms(raw.median_ms()):>10}"
+            f" {host.median_ms() / raw.median_ms():>8.0f}x"
             f" {fmt_ms(net.median_ms()):>10} {idle:>11}"
         )
     at_target = [r for r in results if r.count >= TARGET_CTS]
