@@ -61,7 +61,6 @@ async def _checkpointer(ct: Container) -> Checkpointer:
 async def freeze(ct: Container) -> None:
     """Checkpoint into the dump file and end the processes; or change nothing."""
     engine = await _checkpointer(ct)
-    private = idmap.base_of(ct.settings) is not None
     init = ct.init
     assert init is not None
     cgroups = ct.backends.cgroups
@@ -82,28 +81,7 @@ async def freeze(ct: Container) -> None:
         await trio.to_thread.run_sync(_drop_scratch, ct)
         raise kernel_failed(f"cannot freeze the container: {exc}") from exc
     frozen_at = time.monotonic()
-    # CRIU 4.2.1 cannot re-create a veth for a restore in a user namespace on this
-    # kernel (its user-namespace daemon's link request is refused, EOPNOTSUPP).  So
-    # a private container's veth goes before the dump and ctfs makes it anew after
-    # the restore, as at a start; its sockets keep their addresses, and packets
-    # meanwhile are retransmitted.  Routes it added to eth0 itself are lost.
-    unlinked = private and bool(ct.addresses)
-    if unlinked:
-        await _forget_link(ct)
-    options = CriuDump(
-        pid=init.pid,
-        images=images,
-        work=work,
-        cgroups=cgroups.criu_options(ct.ctid),
-        veth=ct.backends.network.veth(ct.ctid) if ct.addresses and not unlinked else None,
-        timeout=CRIU_TIMEOUT_S,
-        id_base=idmap.base_of(ct.settings),
-    )
-    try:
-        await trio.to_thread.run_sync(engine.dump, options, lambda: None)
-    except CriuError as exc:
-        await _recover_from_failed_dump(ct, init, relink=unlinked)
-        raise kernel_failed(f"checkpoint failed, the container runs on: {exc}") from exc
+    await _dump(ct, engine, init, images, work)
     dumped_at = time.monotonic()
     # CRIU ended the processes once their state was on disk.
     with trio.move_on_after(10):
@@ -128,6 +106,35 @@ async def freeze(ct: Container) -> None:
         f"{(dumped_at - frozen_at) * 1000:.0f} ms, dump file {size} bytes written and "
         f"synced in {(written - dumped_at) * 1000:.0f} ms"
     )
+
+
+async def _dump(
+    ct: Container, engine: Checkpointer, init: InitProcess, images: Path, work: Path
+) -> None:
+    """Run CRIU on the frozen container; if it fails, the container runs on as it was."""
+    # CRIU 4.2.1 cannot re-create a veth for a restore in a user namespace on this
+    # kernel (its user-namespace daemon's link request is refused, EOPNOTSUPP).  So
+    # a private container's veth goes before the dump and ctfs makes it anew while
+    # CRIU restores; its sockets keep their addresses, and packets meanwhile are
+    # retransmitted.  Routes it added to eth0 itself are lost.
+    private = idmap.base_of(ct.settings) is not None
+    unlinked = private and bool(ct.addresses)
+    if unlinked:
+        await _forget_link(ct)
+    options = CriuDump(
+        pid=init.pid,
+        images=images,
+        work=work,
+        cgroups=ct.backends.cgroups.criu_options(ct.ctid),
+        veth=ct.backends.network.veth(ct.ctid) if ct.addresses and not unlinked else None,
+        timeout=CRIU_TIMEOUT_S,
+        id_base=idmap.base_of(ct.settings),
+    )
+    try:
+        await trio.to_thread.run_sync(engine.dump, options, lambda: None)
+    except CriuError as exc:
+        await _recover_from_failed_dump(ct, init, relink=unlinked)
+        raise kernel_failed(f"checkpoint failed, the container runs on: {exc}") from exc
 
 
 def _manifest_info(ct: Container, criu_version: str) -> dict[str, object]:
