@@ -1,3 +1,3 @@
 """ctfs: OpenVZ-style operating-system containers driven through a filesystem."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -15,6 +15,7 @@ from ctfs.errors import CtfsError
 from ctfs.model import caller, resources, settings, state
 from ctfs.model.container import Container, State
 from ctfs.model.host import Host
+from ctfs.policy import idmap
 from tests.model.conftest import Scenario
 
 Run = Callable[[Scenario], None]
@@ -127,5 +128,27 @@ def test_a_process_that_is_gone_cannot_be_placed(run: Run) -> None:
         os.waitpid(pid, 0)
         found = caller.identify(host.backends, pid)
         assert not found.placed and not found.is_host
+
+    run(scenario)
+
+
+def test_a_new_container_gets_a_private_range_and_runs_in_it(run: Run) -> None:
+    async def scenario(host: Host) -> None:
+        ct = await _running(host)
+        base = idmap.base_of(ct.settings)
+        assert base is not None
+        assert ct.init_pid is not None
+        uid_map = Path(f"/proc/{ct.init_pid}/uid_map").read_text().split()
+        assert uid_map == ["0", str(base), "65536"]
+        assert os.stat(f"/proc/{ct.init_pid}").st_uid == base
+
+    run(scenario)
+
+
+def test_two_containers_of_one_host_get_two_ranges(run: Run) -> None:
+    async def scenario(host: Host) -> None:
+        first = await host.create(str(next(_ctids)))
+        second = await host.create(str(next(_ctids)))
+        assert idmap.base_of(first.settings) != idmap.base_of(second.settings)
 
     run(scenario)
