@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ctfs.kernel import CGROUP_ROOT, libc
+from ctfs.kernel import CGROUP_ROOT, libc, userns
 
 # Order matters: the mount namespace last, since /proc paths change meaning after it.
 # time: a restored container runs in the time namespace CRIU made for it; a process
@@ -130,7 +130,4 @@ def enter_user(joined: Joined) -> None:
     """In the forked child: become root of the container's user namespace, if it has one."""
     if joined.user is None:
         return
-    libc.setns(joined.user, libc.CLONE_NEWUSER)
-    os.setgroups([])
-    os.setresgid(0, 0, 0)
-    os.setresuid(0, 0, 0)
+    userns.become_root(joined.user)

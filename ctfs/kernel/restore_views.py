@@ -27,10 +27,10 @@ from pathlib import Path
 
 from ctfs.kernel import libc, userns
 from ctfs.kernel.container_mounts import DEV_FLAGS, dev_options, populate_dev
+from ctfs.policy import idmap
 
 log = logging.getLogger(__name__)
 
-SIZE = 65536
 FOLDER = ".restore-views"
 
 
@@ -58,13 +58,13 @@ def made(root: Path, id_base: int | None, container_dir: Path) -> Iterator[Views
         path.mkdir(mode=0o700)
         os.chown(path, id_base, id_base)
     try:
-        spaces = userns.make(id_base, SIZE)
+        space = userns.make(id_base, idmap.SIZE)
         try:
-            userns.mount_idmapped(str(root), str(view), spaces["user"])
+            userns.mount_idmapped(str(root), str(view), space)
         finally:
-            os.close(spaces["user"])
+            os.close(space)
+        # Owned by the container's root through the tmpfs's uid= and gid= options.
         libc.mount("tmpfs", str(dev), "tmpfs", DEV_FLAGS, dev_options(id_base))
-        os.chown(dev, id_base, id_base)
         populate_dev(str(dev), id_base)
         yield Views(view, dev)
     finally:

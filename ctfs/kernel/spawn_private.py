@@ -25,9 +25,9 @@ from ctfs.kernel import libc, userns
 from ctfs.kernel.api import LaunchReply, LaunchRequest
 from ctfs.kernel.container_mounts import Owner, Step, mount_filesystems, pivot, step
 from ctfs.kernel.handoff import born, exec_init, hand_over, loopback_up, run_init
+from ctfs.policy import idmap
 
 OWNED = libc.CLONE_NEWNET | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWCGROUP
-SIZE = 65536
 
 
 def launch(spec: LaunchRequest, talk: socket.socket) -> LaunchReply:
@@ -73,7 +73,7 @@ def _map_ids(helper: int, base: int, up: int, down: int) -> int:
             raise Step("the user namespace could not be made")
         for which in ("uid_map", "gid_map"):
             with open(f"/proc/{helper}/{which}", "w") as f:
-                f.write(userns.id_map(base, SIZE))
+                f.write(userns.id_map(base, idmap.SIZE))
         os.write(down, b"m")
         answer = os.read(up, 32)
         if not answer.isdigit():
@@ -94,9 +94,7 @@ def _helper(
         libc.unshare(libc.CLONE_NEWUSER)
         os.write(up, b"u")
         if os.read(down, 1) == b"m":
-            os.setgroups([])
-            os.setresgid(0, 0, 0)
-            os.setresuid(0, 0, 0)
+            userns.be_root()
             libc.unshare(OWNED | libc.CLONE_NEWPID)
             init = os.fork()
             if init == 0:
