@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import logging
 import os
-import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,20 +22,17 @@ import trio
 from ctfs.errors import CtfsError, busy, not_permitted
 from ctfs.files import ControlFile, DataFile, Directory, HostFile
 from ctfs.fs import commands
+from ctfs.fs.attributes import attributes
 from ctfs.fs.boundary import boundary as _boundary
 from ctfs.fs.boundary import refusal as _refusal
-from ctfs.fs.places import Path, Place, child, listing, resolve
-from ctfs.model.caller import Caller, identify
+from ctfs.fs.inodes import ROOT_INODE, Inodes, inode_of_handle
+from ctfs.fs.places import Path, Place, child, every_path, listing, resolve, visible
+from ctfs.model.caller import HOST, Caller, identify
 from ctfs.model.container import Container
 from ctfs.model.dump_upload import Upload
 from ctfs.model.host import Host
 
 log = logging.getLogger(__name__)
-
-ROOT_INODE: int = pyfuse3.ROOT_INODE
-# Entries and attributes may be cached briefly: a file's mode and size never change,
-# and a container directory only disappears through rmdir, which the kernel sees.
-CACHE_S = 1.0
 
 
 @dataclass
@@ -65,78 +60,56 @@ class CtfsOperations(pyfuse3.Operations):
     def __init__(self, host: Host) -> None:
         super().__init__()
         self.host = host
-        self._inode_of: dict[Path, int] = {(): ROOT_INODE}
-        self._path_of: dict[int, Path] = {ROOT_INODE: ()}
-        self._next_inode = itertools.count(ROOT_INODE + 1)
+        self._inodes = Inodes()
         self._handles: dict[int, OpenFile] = {}
         self._writers: dict[tuple[int, str], int] = {}
-        self._next_fh = itertools.count(1)
         self._now_ns = time.time_ns()
 
     # ------------------------------------------------------------ inodes
 
     def _inode(self, path: Path) -> int:
-        ino = self._inode_of.get(path)
-        if ino is None:
-            ino = next(self._next_inode)
-            self._inode_of[path] = ino
-            self._path_of[ino] = path
-        return ino
+        return self._inodes.number(path)
 
-    def _place(self, ino: int) -> Place:
-        """The place an inode stands for; FUSEError(ENOENT) when it is gone."""
-        path = self._path_of.get(ino)
-        if path is None:
+    def _path(self, ino: int, caller: Caller | None = None) -> Path:
+        """The path of an inode, if ``caller`` may see it; FUSEError(ENOENT) otherwise."""
+        path = self._inodes.path(ino, every_path(self.host))
+        if path is None or (caller is not None and not visible(path, caller)):
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return resolve(self.host, path)
+        return path
+
+    def _place(self, ino: int, caller: Caller | None = None) -> Place:
+        """The place an inode stands for; FUSEError(ENOENT) when it is gone, or
+        hidden from ``caller``.  (Calls without a caller act on an open handle,
+        whose opener was checked.)"""
+        return resolve(self.host, self._path(ino, caller))
 
     def _caller(self, ctx: Any) -> Caller:
         return identify(self.host.backends, ctx.pid)
 
     def _attrs(self, ino: int, place: Place) -> pyfuse3.EntryAttributes:
-        node = place.node
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = ino
-        attr.generation = 0
-        attr.entry_timeout = CACHE_S
-        attr.attr_timeout = CACHE_S
-        attr.st_nlink = 1
-        attr.st_uid = attr.st_gid = 0
-        attr.st_size = attr.st_blocks = 0
-        attr.st_blksize = 4096
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = self._now_ns
-        if isinstance(node, Directory):
-            attr.st_mode, attr.st_nlink = stat.S_IFDIR | 0o755, 2
-        elif isinstance(node, DataFile):
-            assert place.container is not None
-            attr.st_mode = stat.S_IFREG | node.mode
-            # Its size changes at every freeze: never let the kernel cache it.
-            attr.attr_timeout = 0
-            attr.st_size = node.size(place.container)
-            attr.st_blocks = (attr.st_size + 511) // 512
-        else:
-            writable = isinstance(node, ControlFile) and node.writable
-            attr.st_mode = stat.S_IFREG | (0o644 if writable else 0o444)
-        return attr
+        return attributes(ino, place, self._now_ns)
 
     # ------------------------------------------------------ lookups, dirs
 
     @_boundary
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
-        parent = self._place(parent_inode)
-        place = child(self.host, parent, name.decode(errors="replace"))
-        path = (*self._path_of[parent_inode], name.decode(errors="replace"))
+        caller = self._caller(ctx)
+        text = name.decode(errors="replace")
+        path = (*self._path(parent_inode, caller), text)
+        if not visible(path, caller):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        place = child(self.host, resolve(self.host, path[:-1]), text)
         return self._attrs(self._inode(path), place)
 
     @_boundary
     async def getattr(self, inode: int, ctx: Any = None) -> Any:
-        return self._attrs(inode, self._place(inode))
+        return self._attrs(inode, self._place(inode, self._caller(ctx)))
 
     @_boundary
     async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
-        place = self._place(inode)
+        place = self._place(inode, self._caller(ctx))
         node = place.node
-        name = "/".join(self._path_of[inode])
+        name = "/".join(self._path(inode))
         others = (
             fields.update_mode
             or fields.update_uid
@@ -164,13 +137,17 @@ class CtfsOperations(pyfuse3.Operations):
 
     @_boundary
     async def opendir(self, inode: int, ctx: Any) -> int:
-        if not isinstance(self._place(inode).node, Directory):
+        caller = self._caller(ctx)
+        if not isinstance(self._place(inode, caller).node, Directory):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if inode == ROOT_INODE and not caller.is_host:
+            # The top lists every container: only the host may read it.
+            raise pyfuse3.FUSEError(errno.EACCES)
         return inode
 
     @_boundary
     async def readdir(self, fh: int, start_id: int, token: Any) -> None:
-        path = self._path_of[fh]
+        path = self._path(fh)
         entries = list(listing(self.host, self._place(fh)))
         for index in range(start_id, len(entries)):
             name, place = entries[index]
@@ -185,6 +162,7 @@ class CtfsOperations(pyfuse3.Operations):
     @_boundary
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
         caller = self._caller(ctx)
+        self._path(parent_inode, caller)
         if parent_inode != ROOT_INODE:
             raise not_permitted("only containers can be created, at the top of the mount")
         if not caller.is_host:
@@ -199,13 +177,16 @@ class CtfsOperations(pyfuse3.Operations):
 
     @_boundary
     async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        place = child(self.host, self._place(parent_inode), name.decode(errors="replace"))
+        caller = self._caller(ctx)
+        text = name.decode(errors="replace")
+        if not visible((*self._path(parent_inode, caller), text), caller):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        place = child(self.host, self._place(parent_inode), text)
         if not isinstance(place.node, Directory):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         container = place.container
         if parent_inode != ROOT_INODE or container is None:
-            raise not_permitted(f"{name.decode(errors='replace')} belongs to ctfs")
-        caller = self._caller(ctx)
+            raise not_permitted(f"{text} belongs to ctfs")
         if not caller.is_host:
             raise _refusal(place, "rmdir", not_permitted(f"not allowed from {caller.describe()}"))
         await self.host.destroy(container.ctid)
@@ -255,18 +236,18 @@ class CtfsOperations(pyfuse3.Operations):
         data = pyfuse3.StatvfsData()
         data.f_bsize = data.f_frsize = 4096
         data.f_namemax = 255
-        data.f_files = len(self._path_of)
+        data.f_files = len(self._inodes)
         return data
 
     # ----------------------------------------------------------- files
 
     @_boundary
     async def open(self, inode: int, flags: int, ctx: Any) -> Any:
-        place = self._place(inode)
+        caller = self._caller(ctx)
+        place = self._place(inode, caller)
         node = place.node
         if isinstance(node, Directory):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        caller = self._caller(ctx)
         wants_write = flags & os.O_ACCMODE != os.O_RDONLY
         name = node.name
         if wants_write and not caller.is_host and not isinstance(node, HostFile):
@@ -274,7 +255,7 @@ class CtfsOperations(pyfuse3.Operations):
                 place, name, not_permitted(f"writing is not allowed from {caller.describe()}")
             )
         handle = OpenFile(place, caller)
-        fh = next(self._next_fh)
+        fh = self._inodes.handle(inode, self._handles)
         if isinstance(node, DataFile):
             assert place.container is not None
             await self._open_data(handle, node, place.container, wants_write)
@@ -315,16 +296,33 @@ class CtfsOperations(pyfuse3.Operations):
         assert isinstance(node, ControlFile) and place.container is not None
         return await node.render(place.container, caller)
 
+    async def _handle(self, fh: int) -> OpenFile:
+        """The open file ``fh``.  One that an earlier ctfsd opened (the kernel keeps
+        handles across a takeover) is opened again here: rendered now, for the host,
+        since only the host can have opened a file for writing."""
+        handle = self._handles.get(fh)
+        if handle is None:
+            place = self._place(inode_of_handle(fh))
+            handle = OpenFile(place, HOST)
+            node = place.node
+            if isinstance(node, DataFile):
+                assert place.container is not None
+                handle.fd = await trio.to_thread.run_sync(node.reader, place.container)
+            elif not isinstance(node, Directory):
+                handle.data = (await self._render(place, HOST)).encode()
+            self._handles[fh] = handle
+        return handle
+
     @_boundary
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        handle = self._handles[fh]
+        handle = await self._handle(fh)
         if handle.fd is not None:
             return await trio.to_thread.run_sync(os.pread, handle.fd, size, off)
         return handle.data[off : off + size]
 
     @_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        handle = self._handles[fh]
+        handle = await self._handle(fh)
         if handle.upload is not None:
             upload = handle.upload
             upload.written = True

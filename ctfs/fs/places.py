@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pyfuse3
 
 from ctfs.files import TREE, Containers, Directory, File
+from ctfs.model.caller import Caller
 from ctfs.model.container import Container
 from ctfs.model.host import Host
 from ctfs.policy.values import parse_ctid
@@ -67,3 +68,26 @@ def listing(host: Host, place: Place) -> Iterator[tuple[str, Place]]:
                     yield str(ctid), Place(Directory(str(ctid), node.children), container)
         else:
             yield node.name, Place(node, place.container)
+
+
+def every_path(host: Host) -> Iterator[Path]:
+    """Every path of the tree as it stands, the top first."""
+    stack: list[tuple[Path, Place]] = [((), Place(TREE, None))]
+    while stack:
+        path, place = stack.pop()
+        yield path
+        if isinstance(place.node, Directory):
+            stack.extend(((*path, name), sub) for name, sub in listing(host, place))
+
+
+def visible(path: Path, caller: Caller) -> bool:
+    """Whether ``caller`` may see the place at ``path``.
+
+    The host sees everything.  A process in a container sees its own directory and
+    what is in it, and the top only to pass through it (it may not list it): no
+    other container, no host file.  A caller ctfs cannot place sees
+    nothing but the top.
+    """
+    if caller.is_host or not path:
+        return True
+    return caller.ctid is not None and path[0] == str(caller.ctid)
