@@ -15,8 +15,12 @@ from ctfs.policy import idmap
 CACHE_S = 1.0
 
 
-def attributes(ino: int, place: Place, now_ns: int) -> pyfuse3.EntryAttributes:
-    """What stat() shows of the node at ``place``, inode ``ino``."""
+def attributes(ino: int, place: Place, now_ns: int, size: int = 0) -> pyfuse3.EntryAttributes:
+    """What stat() shows of the node at ``place``, inode ``ino``.
+
+    A text file's ``size`` is that of its text when it was last opened (0 before):
+    see ``CtfsOperations._stretch``.
+    """
     node = place.node
     attr = pyfuse3.EntryAttributes()
     attr.st_ino = ino
@@ -44,4 +48,5 @@ def attributes(ino: int, place: Place, now_ns: int) -> pyfuse3.EntryAttributes:
     else:
         writable = isinstance(node, ControlFile) and node.writable
         attr.st_mode = stat.S_IFREG | (0o644 if writable else 0o444)
+        attr.st_size = size
     return attr

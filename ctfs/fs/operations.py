@@ -61,6 +61,8 @@ class CtfsOperations(pyfuse3.Operations):
         super().__init__()
         self.host = host
         self._inodes = Inodes()
+        # The length of each text file's text when it was last opened (see _stretch).
+        self._sizes: dict[int, int] = {}
         self._handles: dict[int, OpenFile] = {}
         self._writers: dict[tuple[int, str], int] = {}
         self._now_ns = time.time_ns()
@@ -87,7 +89,7 @@ class CtfsOperations(pyfuse3.Operations):
         return identify(self.host.backends, ctx.pid)
 
     def _attrs(self, ino: int, place: Place) -> pyfuse3.EntryAttributes:
-        return attributes(ino, place, self._now_ns)
+        return attributes(ino, place, self._now_ns, self._sizes.get(ino, 0))
 
     # ------------------------------------------------------ lookups, dirs
 
@@ -264,9 +266,26 @@ class CtfsOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EACCES)
             if flags & os.O_ACCMODE != os.O_WRONLY:
                 handle.data = (await self._render(place, caller)).encode()
+                self._stretch(inode, handle.data, flags)
             if wants_write and isinstance(node, ControlFile) and node.exclusive:
                 self._claim(fh, handle)
         return self._file_info(handle, fh)
+
+    def _stretch(self, inode: int, data: bytes, flags: int) -> None:
+        """Make the kernel's idea of the file's size cover ``data``.
+
+        Reads come from the handle (direct I/O), whatever the size says; but
+        sendfile() and splice() (busybox's cat, cp's copy_file_range fallback) go
+        through the page cache, which ends at the size the kernel holds: with 0
+        they read nothing.  Storing the last byte there grows that size to the
+        text's; the page cache is dropped when the open completes, and the first
+        page read, short, brings the size down to the text's exactly.  (Only for
+        read-only opens: a truncating open holds the inode, which the store needs.)
+        """
+        self._sizes[inode] = len(data)
+        if data and flags & os.O_ACCMODE == os.O_RDONLY:
+            with contextlib.suppress(OSError):
+                pyfuse3.notify_store(inode, len(data) - 1, data[-1:])
 
     def _file_info(self, handle: OpenFile, fh: int) -> Any:
         """Register ``handle``; every file is read with direct I/O, as in procfs: every

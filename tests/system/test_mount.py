@@ -25,8 +25,20 @@ def test_templates_lists_every_installed_template_sorted(mount: Path) -> None:
     assert (mount / "templates").read_text() == "busybox\nbusybox-alt\n"
 
 
-def test_control_files_have_size_zero_like_procfs(mount: Path) -> None:
-    assert (mount / "version").stat().st_size == 0
+def test_a_control_files_size_is_its_text_when_last_opened(mount: Path) -> None:
+    text = (mount / "version").read_bytes()
+    assert (mount / "version").stat().st_size == len(text)
+
+
+def test_sendfile_copies_a_control_files_whole_text(mount: Path, tmp_path: Path) -> None:
+    # busybox cat and cp's copy_file_range fallback go through splice, which reads
+    # up to the size the kernel holds.
+    expected = (mount / "templates").read_bytes()
+    copy = tmp_path / "copy"
+    with open(mount / "templates", "rb") as source, open(copy, "wb") as target:
+        while os.sendfile(target.fileno(), source.fileno(), None, 65536):
+            pass
+    assert copy.read_bytes() == expected
 
 
 def test_root_files_are_read_only(mount: Path) -> None:
