@@ -176,6 +176,7 @@ async def serve(args: argparse.Namespace, cgroups: CgroupsV1, ready: int | None)
         args.state_dir,
         default_template=args.default_template,
         stop_timeout=args.stop_timeout,
+        mountpoint=args.mountpoint,
     )
     operations = CtfsOperations(host)
     fuse_options = set(pyfuse3.default_options)

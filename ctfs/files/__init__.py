@@ -15,6 +15,7 @@ from ctfs.files import (
     quota,
     root,
     scheduling,
+    views,
 )
 from ctfs.files.nodes import (
     Containers,
@@ -33,6 +34,7 @@ CONTAINER_NODES: tuple[Node, ...] = (
     *quota.FILES,
     *network.FILES,
     *checkpoint.FILES,
+    *views.FILES,
 )
 
 TREE = Directory(

@@ -18,7 +18,8 @@ async def _set_limits(ct: Container, text: str, caller: Caller) -> None:
     await resources.set_limits(ct, beancounters.parse_limits(text))
 
 
-async def _block(ct: Container, caller: Caller) -> str:
+async def own_beancounters(ct: Container, caller: Caller) -> str:
+    """The container's block of /proc/user_beancounters (none while it does not run)."""
     counters = (await resources.counters([ct])).get(ct.ctid)
     if counters is None:  # not running: OpenVZ shows no block for a stopped container
         return beancounters.render([])
@@ -34,7 +35,7 @@ async def _host_beancounters(host: Host, caller: Caller) -> str:
 
 FILES = (
     ControlFile("limits", _limits, _set_limits),
-    ControlFile("beancounters", _block),
+    ControlFile("beancounters", own_beancounters),
 )
 
 HOST_FILES = (HostFile("beancounters", _host_beancounters),)

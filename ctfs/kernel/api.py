@@ -69,6 +69,43 @@ class KernelCounters:
 
 
 @dataclass(frozen=True)
+class MemoryDetail:
+    """How a container's memory is used, in bytes, as /proc/meminfo breaks it down."""
+
+    used: int = 0  # everything charged to it, page cache included
+    swap: int = 0
+    cache: int = 0  # page cache, shared memory included
+    anon: int = 0
+    shmem: int = 0
+    mapped: int = 0
+    active_anon: int = 0
+    inactive_anon: int = 0
+    active_file: int = 0
+    inactive_file: int = 0
+    unevictable: int = 0
+    dirty: int = 0
+    writeback: int = 0
+    kernel: int = 0  # kernel memory (slab and the like)
+
+
+@dataclass(frozen=True)
+class CpuTime:
+    """CPU time a container used, in clock ticks (USER_HZ) as /proc/stat counts."""
+
+    user: int = 0
+    system: int = 0
+
+
+@dataclass(frozen=True)
+class TaskStates:
+    """How many of a container's tasks run (or wait to) and are blocked in the kernel."""
+
+    running: int = 0
+    blocked: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True)
 class CriuCgroups:
     """How CRIU finds and re-creates the container's cgroups."""
 
@@ -143,6 +180,12 @@ class Cgroups(Protocol):
 
     def set_task_limit(self, ctid: int, tasks: int | None) -> None:
         """At most ``tasks`` processes and threads; None lifts the limit."""
+
+    def memory_detail(self, ctid: int) -> MemoryDetail:
+        """The container's memory use broken down; zeros where unknown."""
+
+    def cpu_time(self, ctid: int) -> CpuTime:
+        """The CPU time the container's tasks used since its cgroups were made."""
 
     def counters(self, ctid: int) -> KernelCounters:
         """Usage, peaks and refusal counts; zeros for a container with no cgroups."""
@@ -286,6 +329,18 @@ class Processes(Protocol):
 
     def lock_holders(self) -> dict[int, int]: ...
 
+    def task_states(self, pids: Iterable[int]) -> TaskStates:
+        """How many of ``pids`` run or wait to run, and how many are blocked."""
+
+    def started_at(self, pid: int) -> float | None:
+        """When ``pid`` started, in seconds since the epoch; None if it is gone."""
+
+    def host_memory(self) -> tuple[int, int]:
+        """The host's RAM and swap, in bytes."""
+
+    def cpuinfo(self) -> str:
+        """The host's /proc/cpuinfo."""
+
     def count(self, pids: Iterable[int], init: int | None, locks: dict[int, int]) -> ProcessCounts:
         """Everything ctfs counts for the container whose processes are ``pids``."""
 
@@ -337,6 +392,9 @@ class LaunchRequest:
     id_base: int | None = None
     # Init (or what makes it) is born in this cgroup2 directory; see Cgroups.birth_cgroup.
     cgroup_birth: str | None = None
+    # [host path, path inside]: files and directories of ctfs bound into the container
+    # (see ctfs.kernel.view_mounts); a directory's parent inside gets a tmpfs of its own.
+    views: list[list[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -375,6 +433,8 @@ class CriuDump:
     # A container with a private id range: its /dev is left out of the images (CRIU
     # could not make its device nodes in a user namespace) and made anew at restore.
     id_base: int | None = None
+    # Paths inside of the ctfs views bound into it: external mounts, not dumped.
+    views: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -393,6 +453,8 @@ class CriuRestore:
     id_base: int | None = None
     # ctfs makes the veth itself while CRIU restores (CRIU cannot, in a user namespace).
     make_veth: bool = False
+    # (path inside, host path) of the ctfs views to bind in again (see CriuDump.views).
+    views: tuple[tuple[str, str], ...] = ()
 
 
 class Checkpointer(Protocol):

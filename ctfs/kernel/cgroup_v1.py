@@ -15,7 +15,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ctfs import kernel
-from ctfs.kernel.api import CpuCap, CriuCgroups, Enforceable, KernelCounters, MemoryLimits
+from ctfs.kernel.api import (
+    CpuCap,
+    CpuTime,
+    CriuCgroups,
+    Enforceable,
+    KernelCounters,
+    MemoryDetail,
+    MemoryLimits,
+)
 from ctfs.policy.security import ALLOWED_DEVICES
 
 CGROUP_ROOT = Path(kernel.CGROUP_ROOT)
@@ -219,6 +227,23 @@ class CgroupsV1:
     def set_task_limit(self, ctid: int, tasks: int | None) -> None:
         _write(self._dir("pids", ctid) / "pids.max", "max" if tasks is None else str(tasks))
 
+    def memory_detail(self, ctid: int) -> MemoryDetail:
+        memory = self._dir("memory", ctid)
+        stat = _keyed_file(memory / "memory.stat")
+        used = _keyed_file(memory / "memory.usage_in_bytes", single=True)
+        with_swap = _keyed_file(memory / "memory.memsw.usage_in_bytes", single=True)
+        kernel = _keyed_file(memory / "memory.kmem.usage_in_bytes", single=True)
+        return MemoryDetail(
+            used=used.get("", 0),
+            swap=max(0, with_swap.get("", 0) - used.get("", 0)),
+            kernel=kernel.get("", 0),
+            **{field: stat.get(f"total_{key}", 0) for field, key in _MEMORY_STAT.items()},
+        )
+
+    def cpu_time(self, ctid: int) -> CpuTime:
+        ticks = _keyed_file(self._dir("cpuacct", ctid) / "cpuacct.stat")
+        return CpuTime(user=ticks.get("user", 0), system=ticks.get("system", 0))
+
     def counters(self, ctid: int) -> KernelCounters:
         memory, pids = self._dir("memory", ctid), self._dir("pids", ctid)
 
@@ -315,3 +340,36 @@ def _signal_all(pids: Iterable[int], sig: int) -> None:
         except OSError as exc:
             if exc.errno != errno.ESRCH:
                 raise
+
+
+# MemoryDetail's fields by the names memory.stat gives them (with "total_": the
+# cgroup and those below it).
+_MEMORY_STAT = {
+    "cache": "cache",
+    "anon": "rss",
+    "shmem": "shmem",
+    "mapped": "mapped_file",
+    "active_anon": "active_anon",
+    "inactive_anon": "inactive_anon",
+    "active_file": "active_file",
+    "inactive_file": "inactive_file",
+    "unevictable": "unevictable",
+    "dirty": "dirty",
+    "writeback": "writeback",
+}
+
+
+def _keyed_file(path: Path, single: bool = False) -> dict[str, int]:
+    """A cgroup file of "key value" lines (``single``: one bare number, key "")."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}
+    if single:
+        return {"": int(text.split()[0])} if text.split() else {}
+    found = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            found[key] = int(value)
+    return found

@@ -42,6 +42,13 @@ LOG_TAIL_LINES = 6
 DEV_KEY = "ctfs-dev"
 
 
+def _view_key(inside: str) -> str:
+    """The key naming a view of ctfs (see ctfs.kernel.view_mounts) among CRIU's
+    external mounts: the views are binds of ctfs's own mount, which is not dumped
+    but bound in again at restore."""
+    return "ctfs" + inside.replace("/", "-")
+
+
 def _external(veth: Veth) -> str:
     return f"veth[{veth.guest}]:{veth.host}"
 
@@ -122,6 +129,8 @@ class Criu:
             argv += ["--external", _external(options.veth)]
         if options.id_base is not None:
             argv += ["--external", f"mnt[/dev]:{DEV_KEY}"]
+        for inside in options.views:
+            argv += ["--external", f"mnt[{inside}]:{_view_key(inside)}"]
         self._run(argv, options.work / "dump.log", options.timeout, on_timeout, env={})
 
     def restore(self, options: CriuRestore, on_timeout: Callable[[], None]) -> int:
@@ -158,6 +167,8 @@ class Criu:
         ]  # fmt: skip
         if views.dev is not None:
             argv += ["--external", f"mnt[{DEV_KEY}]:{views.dev}"]
+        for inside, source in options.views:
+            argv += ["--external", f"mnt[{_view_key(inside)}]:{source}"]
         if options.leave_stopped:
             argv.append("--leave-stopped")
         if not options.same_cgroups:

@@ -8,8 +8,8 @@ import os
 import signal
 from collections.abc import Iterable
 
-from ctfs.kernel import accounting, uts
-from ctfs.kernel.api import Placement, ProcessCounts
+from ctfs.kernel import accounting, proc_facts, uts
+from ctfs.kernel.api import Placement, ProcessCounts, TaskStates
 
 NAMESPACES = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup")
 
@@ -36,6 +36,18 @@ def _pid_namespace(pid: int) -> str | None:
 class HostProcesses:
     def __init__(self) -> None:
         self._own_namespace = _pid_namespace(os.getpid())
+
+    def task_states(self, pids: Iterable[int]) -> TaskStates:
+        return proc_facts.task_states(pids)
+
+    def started_at(self, pid: int) -> float | None:
+        return proc_facts.started_at(pid)
+
+    def host_memory(self) -> tuple[int, int]:
+        return proc_facts.host_memory()
+
+    def cpuinfo(self) -> str:
+        return proc_facts.cpuinfo()
 
     def find_init(self, pids: Iterable[int]) -> int | None:
         """The container's init among ``pids``: the one that is PID 1 in its namespace."""

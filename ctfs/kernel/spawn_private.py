@@ -11,6 +11,7 @@ idmapped to U (owned by 0 on disk, by the container's root inside), /proc of the
 container's pid namespace, /sys, /dev; pivots into them; becomes root of U and
 unshares a mount namespace of U's own.  Its copies of those mounts are locked:
 from inside they cannot be unmounted, nor made writable, nor their flags cleared.
+Then it puts ctfs's views in place, unlocked (see ``ctfs.kernel.view_mounts``).
 W passes that namespace to init, which enters it, sets its host name and execs
 the template's init under the seccomp filter.
 """
@@ -21,7 +22,7 @@ import os
 import socket
 from dataclasses import replace
 
-from ctfs.kernel import libc, userns
+from ctfs.kernel import libc, userns, view_mounts
 from ctfs.kernel.api import LaunchReply, LaunchRequest
 from ctfs.kernel.container_mounts import Owner, Step, mount_filesystems, pivot, step
 from ctfs.kernel.handoff import born, exec_init, hand_over, loopback_up, run_init
@@ -138,9 +139,12 @@ def _build_mounts(spec: LaunchRequest, init: int, base: int) -> int:
             step(f"enter the container's {name} namespace", libc.setns, spaces[name], 0)
         owner = Owner(base, f"/proc/{init}/ns/pid", spaces["user"])
         mount_filesystems(spec.root, owner)
+        taken = view_mounts.take(spec.views or [])
         pivot(spec.root)
         step("become the container's root", userns.become_root, spaces["user"])
         step("lock the container's mounts", libc.unshare, libc.CLONE_NEWNS)
+        # After the lock, so that the views are the container's to unmount.
+        view_mounts.put(taken)
         return os.open(f"{os.getpid()}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=host_proc)
     finally:
         for fd in (host_proc, *spaces.values()):

@@ -25,7 +25,7 @@ import socket
 import sys
 from dataclasses import asdict
 
-from ctfs.kernel import libc, spawn_private
+from ctfs.kernel import libc, spawn_private, view_mounts
 from ctfs.kernel.api import LaunchReply, LaunchRequest
 from ctfs.kernel.container_mounts import mount_filesystems, pivot, step
 from ctfs.kernel.handoff import born, exec_init, hand_over, loopback_up, run_init
@@ -41,7 +41,9 @@ def _become_init(spec: LaunchRequest, errpipe: int, go: int | None) -> None:
     step("unshare the cgroup namespace", libc.unshare, libc.CLONE_NEWCGROUP)
     os.umask(0o022)
     mount_filesystems(spec.root)
+    taken = view_mounts.take(spec.views or [])
     pivot(spec.root)
+    view_mounts.put(taken)
     step("sethostname", libc.sethostname, spec.hostname)
     step("bring up lo", loopback_up)
     exec_init(spec, errpipe, go)

@@ -24,7 +24,7 @@ import trio
 
 from ctfs.errors import CtfsError, busy, kernel_failed
 from ctfs.kernel.api import Checkpointer, CriuDump, CriuError, CriuRestore
-from ctfs.model import containment, dumpfile, lifecycle
+from ctfs.model import containment, dumpfile, lifecycle, views
 from ctfs.model.container import Container, InitProcess
 from ctfs.policy import idmap
 
@@ -73,6 +73,7 @@ async def freeze(ct: Container) -> None:
             f"{', '.join(map(str, sessions))}); end it first"
         )
     images, work = await trio.to_thread.run_sync(_scratch, ct)
+    ran = views.uptime(ct)
     began = time.monotonic()
     try:
         await trio.to_thread.run_sync(cgroups.freeze, ct.ctid, FREEZE_TIMEOUT_S)
@@ -89,7 +90,7 @@ async def freeze(ct: Container) -> None:
     if not init.exited.is_set():
         await trio.to_thread.run_sync(cgroups.kill_all, ct.ctid)
         await init.exited.wait()
-    info = _manifest_info(ct, engine.version)
+    info = _manifest_info(ct, engine.version, ran)
     try:
         size = await trio.to_thread.run_sync(dumpfile.pack, images, ct.dump_path, info)
     except OSError as exc:
@@ -129,6 +130,7 @@ async def _dump(
         veth=ct.backends.network.veth(ct.ctid) if ct.addresses and not unlinked else None,
         timeout=CRIU_TIMEOUT_S,
         id_base=idmap.base_of(ct.settings),
+        views=tuple(inside for inside, _ in views.restore_views(ct)),
     )
     try:
         await trio.to_thread.run_sync(engine.dump, options, lambda: None)
@@ -137,8 +139,10 @@ async def _dump(
         raise kernel_failed(f"checkpoint failed, the container runs on: {exc}") from exc
 
 
-def _manifest_info(ct: Container, criu_version: str) -> dict[str, object]:
+def _manifest_info(ct: Container, criu_version: str, ran: float) -> dict[str, object]:
     return {
+        # Seconds it had run: the restored container's uptime goes on from there.
+        views.UPTIME_KEY: round(ran, 2),
         "ctid": ct.ctid,
         "cgroup_parent": ct.backends.cgroups.parent,
         "criu": criu_version,
@@ -268,6 +272,7 @@ async def _restore_from(
             and manifest.info.get("cgroup_parent") == cgroups.parent
         ),
         id_base=idmap.base_of(ct.settings),
+        views=views.restore_views(ct),
     )
     try:
         pid = await trio.to_thread.run_sync(
@@ -281,6 +286,7 @@ async def _restore_from(
         await lifecycle.clean_up_cgroups(ct)
         await _forget_link(ct)
         raise kernel_failed(f"restore failed, the container stays frozen: {exc}") from exc
+    _carry_uptime(ct, manifest)
     ct.backends.processes.resume(tree)
     lifecycle.adopt(ct, pid)
     if addresses:
@@ -290,6 +296,16 @@ async def _restore_from(
             ct.events.record(f"restored, but its network is incomplete: {exc}", logging.ERROR)
     ms = (time.monotonic() - began) * 1000
     ct.events.record(f"restored: init is PID {pid} on the host ({ms:.0f} ms)")
+
+
+def _carry_uptime(ct: Container, manifest: dumpfile.Manifest) -> None:
+    ran = manifest.info.get(views.UPTIME_KEY)
+    if not isinstance(ran, int | float) or ran < 0:
+        return  # a dump of an older ctfs: its uptime begins again
+    try:
+        ct.persist(**{views.UPTIME_KEY: f"{ran:.2f}"})
+    except OSError as exc:
+        ct.events.record(f"cannot save ctid.conf: {exc}; uptime begins again", logging.ERROR)
 
 
 async def discard(ct: Container) -> None:

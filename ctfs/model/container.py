@@ -61,16 +61,20 @@ class Usage:
 
     ``maxheld`` per beancounter since the start; ``crossed``: the bound each one is
     above now ("barrier", "limit"); ``quota_levels``: each disk quota resource's
-    level (``ctfs.policy.quota``) when last read.
+    level (``ctfs.policy.quota``) when last read; ``load``: see ``ctfs.model.views``.
     """
 
     maxheld: dict[str, int] = field(default_factory=dict)
     crossed: dict[str, str] = field(default_factory=dict)
     quota_levels: dict[str, int] = field(default_factory=dict)
+    # The load averages its views show, and when (monotonic seconds) they were due.
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    load_at: float = 0.0
 
     def reset(self) -> None:
         self.maxheld.clear()
         self.crossed.clear()
+        self.load, self.load_at = (0.0, 0.0, 0.0), 0.0
 
 
 class Container:

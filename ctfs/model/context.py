@@ -26,6 +26,8 @@ class Context:
     # The first host ids of every private id range containers hold.
     id_bases_taken: Callable[[], set[int]]
     nursery: trio.Nursery | None = None
+    # Where ctfs is mounted; None when nothing is (the model alone, in tests).
+    mountpoint: Path | None = None
     # Set once CRIU has been probed; checkpoint requests wait for it.
     checkpoints_probed: trio.Event = field(default_factory=trio.Event)
     # Address changes take turns, so two containers never claim one address.

@@ -36,6 +36,7 @@ class Host:
         state_dir: Path,
         default_template: str = "busybox",
         stop_timeout: float = 30.0,
+        mountpoint: Path | None = None,
     ) -> None:
         self.backends = backends
         self.state_dir = state_dir
@@ -44,6 +45,7 @@ class Host:
         self.ctx = Context(
             backends, state_dir, stop_timeout, self.address_owner, self.id_bases_taken
         )
+        self.ctx.mountpoint = mountpoint
 
     def start(self, nursery: trio.Nursery) -> None:
         """Begin serving: load the containers on disk and watch the running ones."""

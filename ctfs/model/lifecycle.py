@@ -20,7 +20,7 @@ import trio
 
 from ctfs.errors import kernel_failed, not_found
 from ctfs.kernel.api import LaunchReply, LaunchRequest, NetworkError
-from ctfs.model import apply, settings
+from ctfs.model import apply, settings, views
 from ctfs.model.container import Container, InitProcess, State, reap
 from ctfs.policy import idmap
 from ctfs.policy.security import DROPPED_CAPABILITIES
@@ -68,6 +68,7 @@ async def start(ct: Container) -> None:
         drop_caps=sorted(DROPPED_CAPABILITIES.values()),
         env=dict(INIT_ENV),
         id_base=idmap.base_of(ct.settings),
+        views=views.launch_views(ct),
     )
     addresses = ct.addresses
 
@@ -91,9 +92,11 @@ async def start(ct: Container) -> None:
         raise kernel_failed(f"start failed: {reply.error or 'no reason given'}")
     ct.usage.reset()
     adopt(ct, reply.pid)
-    if not ct.ever_started:
+    if not ct.ever_started or views.UPTIME_KEY in ct.settings:
+        # A fresh start: its uptime begins again (see ctfs.model.views).
+        fresh = {k: v for k, v in ct.settings.items() if k != views.UPTIME_KEY}
         try:
-            ct.persist(STARTED_ONCE="yes")
+            ct.save(fresh | {"STARTED_ONCE": "yes"})
         except OSError as exc:  # the start itself succeeded; say what was not saved
             ct.events.record(f"cannot save ctid.conf: {exc}", logging.ERROR)
     ms = (time.monotonic() - began) * 1000
@@ -107,10 +110,22 @@ async def _reap_orphan(pid: int) -> None:
             try:
                 done, _ = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                return  # not ours (yet, or any more): nothing to collect
+                # Not ours: gone, or still its parent's (which, exiting, hands it to
+                # ctfsd, the subreaper); only the second is worth waiting for.
+                if not _exists(pid):
+                    return
+                done = 0
             if done:
                 return
             await trio.sleep(POLL_S)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 async def prepare_cgroups(ct: Container) -> None:

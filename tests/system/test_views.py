@@ -1,0 +1,152 @@
+"""Self-inspection: a container sees its own directory of ctfs and its own figures in
+/proc and /sys, computed from its limits and usage."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.ctfsd_harness import ctfs_exec, wait_for, write_errno
+from tests.system.conftest import _booted
+
+
+def _inside(container: Path, script: str) -> str:
+    done = ctfs_exec(container, "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _start(container: Path, *settings: tuple[str, bytes]) -> Path:
+    for name, text in settings:
+        assert write_errno(container / name, text) == 0, name
+    assert write_errno(container / "state", b"running") == 0
+    assert wait_for(lambda: _booted(container), timeout=10), "the container did not boot"
+    return container
+
+
+@pytest.fixture
+def limited(container: Path) -> Path:
+    """Running, with 256 MiB of RAM, 64 MiB of swap and one CPU."""
+    limits = b"physpages 0:256M\nswappages 0:64M\n"
+    return _start(container, ("limits", limits), ("cpus", b"1"))
+
+
+@pytest.fixture
+def neighbour(mount: Path, new_ctid: int) -> Iterator[Path]:
+    path = mount / str(new_ctid + 5000)
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.rmdir()
+
+
+def test_its_own_directory_is_at_ctfs_ctid_inside(private: Path) -> None:
+    assert _inside(private, f"cat /ctfs/{private.name}/state") == "running\n"
+
+
+def test_ctfs_inside_holds_only_its_own_directory(private: Path, neighbour: Path) -> None:
+    assert _inside(private, "ls -a /ctfs").split() == [".", "..", private.name]
+
+
+def test_a_write_from_inside_is_refused_with_eperm(private: Path) -> None:
+    done = ctfs_exec(private, "sh", "-c", f"echo stopped > /ctfs/{private.name}/state")
+    assert done.returncode != 0
+    assert "not permitted" in done.stderr
+    assert "not allowed from container" in (private / "events").read_text()
+    assert (private / "state").read_text() == "running\n"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ctfs/{other}/state",
+        "/ctfs/{own}/../{other}/state",
+        "/ctfs/{own}/../../{other}/state",
+        "/ctfs/{own}/../version",
+    ],
+)
+def test_another_container_and_the_host_files_are_unreachable(
+    private: Path, neighbour: Path, path: str
+) -> None:
+    target = path.format(own=private.name, other=neighbour.name)
+    assert ctfs_exec(private, "cat", target).returncode != 0
+
+
+def _meminfo(container: Path) -> dict[str, int]:
+    lines = _inside(container, "cat /proc/meminfo").splitlines()
+    return {key: int(rest.split()[0]) for key, _, rest in (ln.partition(":") for ln in lines)}
+
+
+def test_meminfo_inside_shows_the_ram_limit(limited: Path) -> None:
+    fields = _meminfo(limited)
+    assert fields["MemTotal"] == 256 * 1024
+    assert 0 < fields["MemFree"] <= fields["MemAvailable"] <= 256 * 1024
+
+
+def test_meminfo_inside_shows_the_swap_the_limit_allows(limited: Path) -> None:
+    host = int(Path("/proc/meminfo").read_text().split("SwapTotal:")[1].split()[0])
+    assert _meminfo(limited)["SwapTotal"] == min(64 * 1024, host)
+
+
+def test_free_inside_shows_the_available_memory_within_the_limit(limited: Path) -> None:
+    # busybox free takes total and free from sysinfo(2), which is the host's (see
+    # ctfs(5)); "available" comes from /proc/meminfo.
+    available = _inside(limited, "free -m").splitlines()[1].split()[-1]
+    assert 0 < int(available) <= 256
+
+
+def test_one_cpu_inside_when_cpus_is_1(limited: Path) -> None:
+    assert _inside(limited, "cat /sys/devices/system/cpu/online") == "0\n"
+    assert _inside(limited, "grep -c ^processor /proc/cpuinfo") == "1\n"
+    assert _inside(limited, "nproc") == "1\n"
+
+
+def test_uptime_inside_counts_from_the_start(private: Path) -> None:
+    seconds = float(_inside(private, "cat /proc/uptime").split()[0])
+    host = float(Path("/proc/uptime").read_text().split()[0])
+    assert 0 < seconds < 60 < host
+
+
+def test_loadavg_inside_counts_its_tasks(private: Path) -> None:
+    running, total = _inside(private, "cat /proc/loadavg").split()[3].split("/")
+    assert int(running) >= 1
+    assert 2 <= int(total) <= 10
+
+
+def test_user_beancounters_inside_is_its_own_block(private: Path) -> None:
+    text = _inside(private, f"cat /ctfs/{private.name}/proc/user_beancounters")
+    assert text.startswith("Version: 2.5\n")
+    assert text.splitlines()[2].split()[0] == f"{private.name}:"
+
+
+def test_views_can_be_unmounted_by_the_containers_root(private: Path) -> None:
+    _inside(private, "umount /proc/meminfo")
+    assert "MemTotal" in _inside(private, "cat /proc/meminfo")
+
+
+def test_the_host_reads_the_views_in_the_container_directory(private: Path) -> None:
+    assert (private / "proc" / "uptime").read_text().count(" ") == 1
+    assert (private / "proc" / "vz" / "veinfo").read_text().split()[0] == private.name
+
+
+def test_uptime_goes_on_across_a_checkpoint(private: Path) -> None:
+    before = float(_inside(private, "cat /proc/uptime").split()[0])
+    began = time.monotonic()
+    assert write_errno(private / "state", b"frozen") == 0
+    time.sleep(1)
+    assert write_errno(private / "state", b"running") == 0
+    after = float(_inside(private, "cat /proc/uptime").split()[0])
+    assert before <= after < before + time.monotonic() - began
+
+
+def test_views_are_back_after_a_checkpoint(private: Path) -> None:
+    assert write_errno(private / "state", b"frozen") == 0
+    assert write_errno(private / "state", b"running") == 0
+    assert _inside(private, f"cat /ctfs/{private.name}/state") == "running\n"
+    assert "MemTotal" in _inside(private, "cat /proc/meminfo")
