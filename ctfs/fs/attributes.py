@@ -13,13 +13,16 @@ from ctfs.policy import idmap
 # Entries and attributes may be cached briefly: a file's mode and size never change,
 # and a container directory only disappears through rmdir, which the kernel sees.
 CACHE_S = 1.0
+PAGE = 4096
 
 
 def attributes(ino: int, place: Place, now_ns: int, size: int = 0) -> pyfuse3.EntryAttributes:
     """What stat() shows of the node at ``place``, inode ``ino``.
 
-    A text file's ``size`` is that of its text when it was last opened (0 before):
-    see ``CtfsOperations._stretch``.
+    A text file's ``size`` is the length of its text when it was last opened (0
+    before), rounded up to whole pages: see ``CtfsOperations._stretch``.  Rounded,
+    so that it stays the same while the text changes a little: CRIU refuses to
+    restore a process whose open file changed size since the dump.
     """
     node = place.node
     attr = pyfuse3.EntryAttributes()
@@ -48,5 +51,5 @@ def attributes(ino: int, place: Place, now_ns: int, size: int = 0) -> pyfuse3.En
     else:
         writable = isinstance(node, ControlFile) and node.writable
         attr.st_mode = stat.S_IFREG | (0o644 if writable else 0o444)
-        attr.st_size = size
+        attr.st_size = -(-size // PAGE) * PAGE
     return attr

@@ -66,6 +66,7 @@ class CtfsOperations(pyfuse3.Operations):
         self._handles: dict[int, OpenFile] = {}
         self._writers: dict[tuple[int, str], int] = {}
         self._now_ns = time.time_ns()
+        host.ctx.open_inside = self._open_inside
 
     # ------------------------------------------------------------ inodes
 
@@ -270,6 +271,9 @@ class CtfsOperations(pyfuse3.Operations):
             if wants_write and isinstance(node, ControlFile) and node.exclusive:
                 self._claim(fh, handle)
         return self._file_info(handle, fh)
+
+    def _open_inside(self, ctid: int) -> int:
+        return sum(1 for h in self._handles.values() if h.caller.ctid == ctid)
 
     def _stretch(self, inode: int, data: bytes, flags: int) -> None:
         """Make the kernel's idea of the file's size cover ``data``.

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 # Stopping every process for a checkpoint; a D-state task may take a moment.
 FREEZE_TIMEOUT_S = 10.0
+# A freeze that caught a reader of ctfs inside is tried again this often, this long
+# apart (0.5 s in all): a cat holds its file for about a millisecond.
+FREEZE_TRIES, FREEZE_RETRY_S = 25, 0.02
 # CRIU runs with a time limit: a damaged image can make it wait forever.
 CRIU_TIMEOUT_S = 300.0
 KEPT_IMAGES = ".frozen-images"
@@ -76,7 +79,7 @@ async def freeze(ct: Container) -> None:
     ran = views.uptime(ct)
     began = time.monotonic()
     try:
-        await trio.to_thread.run_sync(cgroups.freeze, ct.ctid, FREEZE_TIMEOUT_S)
+        await _freeze_between_reads(ct)
     except (OSError, TimeoutError) as exc:
         await trio.to_thread.run_sync(cgroups.thaw, ct.ctid)
         await trio.to_thread.run_sync(_drop_scratch, ct)
@@ -107,6 +110,25 @@ async def freeze(ct: Container) -> None:
         f"{(dumped_at - frozen_at) * 1000:.0f} ms, dump file {size} bytes written and "
         f"synced in {(written - dumped_at) * 1000:.0f} ms"
     )
+
+
+async def _freeze_between_reads(ct: Container) -> None:
+    """Freeze the container, at a moment none of its processes holds a file of ctfs
+    open if one comes soon.
+
+    CRIU re-opens such a file at restore and refuses it if its size changed, which
+    a view's may have (a reader of /proc/meminfo caught in the middle).  A reader
+    like cat holds its file for a millisecond; one like top for good, and is dumped
+    as it is (its views' sizes rarely change: see ctfs.fs.attributes).
+    """
+    cgroups = ct.backends.cgroups
+    for _ in range(FREEZE_TRIES):
+        await trio.to_thread.run_sync(cgroups.freeze, ct.ctid, FREEZE_TIMEOUT_S)
+        if not ct.ctx.open_inside(ct.ctid):
+            return
+        await trio.to_thread.run_sync(cgroups.thaw, ct.ctid)
+        await trio.sleep(FREEZE_RETRY_S)
+    await trio.to_thread.run_sync(cgroups.freeze, ct.ctid, FREEZE_TIMEOUT_S)
 
 
 async def _dump(

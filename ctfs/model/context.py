@@ -28,6 +28,8 @@ class Context:
     nursery: trio.Nursery | None = None
     # Where ctfs is mounted; None when nothing is (the model alone, in tests).
     mountpoint: Path | None = None
+    # How many files of ctfs processes of container CTID hold open (set by ctfs.fs).
+    open_inside: Callable[[int], int] = field(default=lambda ctid: 0)
     # Set once CRIU has been probed; checkpoint requests wait for it.
     checkpoints_probed: trio.Event = field(default_factory=trio.Event)
     # Address changes take turns, so two containers never claim one address.

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 import threading
 import time
@@ -241,8 +242,11 @@ def test_unwritable_dump_file_brings_the_container_back(counting: Path, ctfsd: C
 def test_damaged_dump_is_refused_and_stays_frozen(counting: Path, ctfsd: Ctfsd) -> None:
     _freeze(counting)
     dump = ctfsd.state / counting.name / "dump"
+    with tarfile.open(dump) as archive:
+        # Inside an image (the padding between members is not the container's).
+        largest = max(archive.getmembers(), key=lambda m: m.size)
     data = bytearray(dump.read_bytes())
-    data[len(data) // 3] ^= 0xFF  # one flipped byte, as a bad disk would leave
+    data[largest.offset_data + largest.size // 2] ^= 0xFF  # as a bad disk would leave
     dump.write_bytes(bytes(data))
     digest = _sha(dump)
     assert write_errno(counting / "state", b"running") == errno.EIO

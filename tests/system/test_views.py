@@ -150,3 +150,13 @@ def test_views_are_back_after_a_checkpoint(private: Path) -> None:
     assert write_errno(private / "state", b"running") == 0
     assert _inside(private, f"cat /ctfs/{private.name}/state") == "running\n"
     assert "MemTotal" in _inside(private, "cat /proc/meminfo")
+
+
+def test_readers_inside_never_hold_up_a_checkpoint(private: Path) -> None:
+    loop = "while :; do cat /proc/meminfo /proc/uptime /ctfs/*/state > /dev/null; done"
+    _inside(private, f"setsid sh -c '{loop}' > /dev/null 2>&1 < /dev/null &")
+    assert wait_for(lambda: len((private / "procs").read_text().split()) >= 4, timeout=10)
+    for _ in range(8):
+        assert write_errno(private / "state", b"frozen") == 0
+        assert write_errno(private / "state", b"running") == 0
+    assert "MemTotal" in _inside(private, "cat /proc/meminfo")
