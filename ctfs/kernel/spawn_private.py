@@ -2,7 +2,7 @@
 
 Three processes take part.  This one (W, a fresh fork of the spawner, root on the
 host) forks a helper that makes the user namespace U and, once W has written U's
-id map, the container's network, UTS, IPC, cgroup and pid namespaces inside U, so
+id map, the container's network, UTS, IPC, cgroup, pid and time namespaces inside U, so
 that they belong to the container's root; the helper forks the container's init
 (PID 1 of the new pid namespace, root of U) and exits.  Init waits.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import replace
 
 from ctfs.kernel import libc, userns, view_mounts
@@ -96,7 +97,8 @@ def _helper(
         os.write(up, b"u")
         if os.read(down, 1) == b"m":
             userns.be_root()
-            libc.unshare(OWNED | libc.CLONE_NEWPID)
+            libc.unshare(OWNED | libc.CLONE_NEWPID | libc.CLONE_NEWTIME)
+            _start_clocks_at_zero()
             init = os.fork()
             if init == 0:
                 os.close(up)
@@ -106,6 +108,22 @@ def _helper(
             status = 0
     finally:
         os._exit(status)
+
+
+def _start_clocks_at_zero() -> None:
+    """The time namespace init is born into counts boot time from now: sysinfo(2) and
+    the kernel's /proc/uptime show the container's uptime (CRIU carries the offset
+    through checkpoints).  Set before any process enters the namespace."""
+    now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    seconds, nanoseconds = divmod(-now, 1_000_000_000)
+    # Becoming root of U made this process non-dumpable, which gives its /proc
+    # files to the host's root; for as long as the write takes, they are its own.
+    libc.prctl(libc.PR_SET_DUMPABLE, 1)
+    try:
+        with open("/proc/self/timens_offsets", "w") as f:
+            f.write(f"boottime {seconds} {nanoseconds}\n")
+    finally:
+        libc.prctl(libc.PR_SET_DUMPABLE, 0)
 
 
 def _init(spec: LaunchRequest, sock: socket.socket, errpipe: int, go: int | None) -> None:
