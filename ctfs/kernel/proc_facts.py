@@ -55,14 +55,25 @@ def started_at(pid: int) -> float | None:
     return BOOT_TIME + int(fields[19]) / _TICKS
 
 
+# The host's RAM and swap, and when they were read (monotonic seconds).
+_MEMORY: tuple[float, tuple[int, int]] | None = None
+# RAM changes only by hotplug and swap by swapon/swapoff: reading /proc/meminfo for
+# every view a container reads cost 25 µs each time (of about 400 µs per read).
+_MEMORY_TTL_S = 10.0
+
+
 def host_memory() -> tuple[int, int]:
-    found = {"MemTotal": 0, "SwapTotal": 0}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in found:
-                found[key] = int(rest.split()[0]) * 1024
-    return found["MemTotal"], found["SwapTotal"]
+    global _MEMORY
+    now = time.monotonic()
+    if _MEMORY is None or now - _MEMORY[0] > _MEMORY_TTL_S:
+        found = {"MemTotal": 0, "SwapTotal": 0}
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in found:
+                    found[key] = int(rest.split()[0]) * 1024
+        _MEMORY = now, (found["MemTotal"], found["SwapTotal"])
+    return _MEMORY[1]
 
 
 _CPUINFO: str | None = None

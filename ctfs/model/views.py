@@ -87,7 +87,7 @@ async def reading(ct: Container, memory: bool = False, tasks: bool = False) -> R
     cgroups, processes = ct.backends.cgroups, ct.backends.processes
     running = ct.state is State.RUNNING
     limits = beancounters.memory_limits(beancounters.limits_of(ct.settings))
-    host_ram, host_swap = processes.host_memory()
+    host_ram, host_swap = processes.host_memory() if memory else (0, 0)
     wanted = Scheduling.from_settings(ct.settings)
     cpu_set = wanted.cpu_set(ct.ctid, cgroups.available_cpus())
     states = TaskStates()
