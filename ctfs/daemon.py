@@ -1,5 +1,10 @@
 """ctfsd: mount the ctfs filesystem and serve it.
 
+The mount itself belongs to a keeper process (ctfs.keeper), which holds the FUSE
+connection; ctfsd takes it over (ctfs.fs.takeover), so a crash, a kill or an
+upgrade of ctfsd is only a pause for the readers.  SIGTERM and SIGINT stop (the
+keeper unmounts), SIGHUP upgrades in place (ctfs.endings).
+
 Exit statuses (documented in ctfsd(8)): 0 clean shutdown, 1 unexpected error,
 2 bad usage, 3 not root, 4 FUSE unavailable, 5 mount point unusable or busy,
 6 storage or cgroups unusable.
@@ -11,7 +16,6 @@ import argparse
 import errno
 import logging
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +23,9 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from ctfs import __version__
+from ctfs import __version__, endings, keeper_link
 from ctfs.fs import CtfsOperations
+from ctfs.fs.takeover import TakeoverError, take_over
 from ctfs.kernel import backends, libc, storage
 from ctfs.kernel.cgroup_v1 import CgroupsV1
 from ctfs.kernel.templates import TemplateStore
@@ -143,7 +148,28 @@ def check_mountpoint(path: Path) -> None:
         raise StartupError(EXIT_MOUNTPOINT, f"{path} is busy: something is already mounted there")
 
 
-def prepare(args: argparse.Namespace) -> CgroupsV1:
+def take_mount(args: argparse.Namespace) -> keeper_link.Held:
+    """The mount's FUSE connection, from its keeper or from one started for it now."""
+    # In the background the keeper logs where ctfsd will (it outlives this terminal).
+    keeper_log = (
+        None
+        if args.foreground
+        else os.open(args.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    )
+    try:
+        return keeper_link.take_or_start(
+            args.mountpoint, lambda: check_mountpoint(args.mountpoint), keeper_log
+        )
+    except keeper_link.KeeperBusy as exc:
+        raise StartupError(EXIT_MOUNTPOINT, f"{args.mountpoint} is busy: {exc}") from exc
+    except (keeper_link.KeeperFailed, OSError) as exc:
+        raise StartupError(EXIT_NO_FUSE, f"cannot mount {args.mountpoint}: {exc}") from exc
+    finally:
+        if keeper_log is not None:
+            os.close(keeper_log)
+
+
+def prepare(args: argparse.Namespace) -> tuple[CgroupsV1, keeper_link.Held]:
     if os.geteuid() != 0:
         raise StartupError(
             EXIT_NOT_ROOT, "ctfsd must run as root: it creates namespaces, cgroups and mounts"
@@ -154,7 +180,16 @@ def prepare(args: argparse.Namespace) -> CgroupsV1:
             "/dev/fuse does not exist: load the fuse module "
             "(modprobe fuse) or give the machine FUSE",
         )
-    check_mountpoint(args.mountpoint)
+    held = take_mount(args)
+    try:
+        return _prepare_storage(args), held
+    except StartupError:
+        if held.fresh:
+            held.stop()  # a new mount nobody will serve would only make its readers wait
+        raise
+
+
+def _prepare_storage(args: argparse.Namespace) -> CgroupsV1:
     try:
         how = storage.ensure_pool(args.state_dir, args.pool_size)
         log.info("storage: %s", how)
@@ -170,7 +205,18 @@ def prepare(args: argparse.Namespace) -> CgroupsV1:
         raise StartupError(EXIT_STORAGE, f"cgroups unusable: {exc}") from exc
 
 
-async def serve(args: argparse.Namespace, cgroups: CgroupsV1, ready: int | None) -> None:
+def _fuse_options(debug: bool) -> set[str]:
+    # The mount options among these are the keeper's (ctfs.keeper); libfuse keeps the rest.
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=ctfs", "subtype=ctfs", "allow_other", "default_permissions"}
+    if debug:
+        options.add("debug")
+    return options
+
+
+async def serve(
+    args: argparse.Namespace, cgroups: CgroupsV1, held: keeper_link.Held, ready: int | None
+) -> str:
     host = Host(
         backends.real(args.state_dir, cgroups, args.uplink, args.criu),
         args.state_dir,
@@ -179,41 +225,47 @@ async def serve(args: argparse.Namespace, cgroups: CgroupsV1, ready: int | None)
         mountpoint=args.mountpoint,
     )
     operations = CtfsOperations(host)
-    fuse_options = set(pyfuse3.default_options)
-    fuse_options |= {"fsname=ctfs", "subtype=ctfs", "allow_other", "default_permissions"}
-    if args.debug:
-        fuse_options.add("debug")
     try:
-        pyfuse3.init(operations, str(args.mountpoint), fuse_options)
-    except RuntimeError as exc:
-        raise StartupError(EXIT_NO_FUSE, f"cannot mount {args.mountpoint}: {exc}") from exc
+        first = await take_over(
+            operations, held.fuse_fd, held.init_request, _fuse_options(args.debug)
+        )
+    except (TakeoverError, OSError) as exc:
+        if held.fresh:
+            held.stop()
+        raise StartupError(EXIT_NO_FUSE, f"cannot serve {args.mountpoint}: {exc}") from exc
+    ending = endings.Ending()
     try:
         async with trio.open_nursery() as nursery:
             host.start(nursery)
             log.info(
-                "ctfsd %s serving %s (state in %s, %d containers)",
+                "ctfsd %s serving %s (state in %s, %d containers%s)",
                 __version__,
                 args.mountpoint,
                 args.state_dir,
                 len(host.containers),
+                "" if first else "; took the connection over",
             )
             if ready is not None:
                 os.write(ready, b"ready\n")
                 os.close(ready)
-            nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+            nursery.start_soon(endings.on_signals, nursery.cancel_scope, ending)
+            nursery.start_soon(_watch_keeper, held)
+            # main() returns once an upgrade's requests are answered, or the mount went.
             await pyfuse3.main(min_tasks=4, max_tasks=256)
+            nursery.cancel_scope.cancel()
     finally:
-        pyfuse3.close(unmount=True)
+        pyfuse3.close(unmount=False)  # libfuse mounted nothing; the keeper unmounts
         host.close()
-        log.info("unmounted %s; containers keep running", args.mountpoint)
+    return ending.how
 
 
-async def _stop_on_signal(scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            log.info("received %s, unmounting", signal.Signals(signum).name)
-            scope.cancel()
-            return
+async def _watch_keeper(held: keeper_link.Held) -> None:
+    await held.keeper_gone()
+    log.warning(
+        "the keeper (PID %d) is gone, killed or because the mount was removed: a crash of "
+        "ctfsd would now end the mount; restart ctfsd (stop, start) to get a keeper again",
+        held.keeper_pid,
+    )
 
 
 def _daemonize(log_file: Path) -> int:
@@ -236,22 +288,45 @@ def _daemonize(log_file: Path) -> int:
     return write_end
 
 
+def _end(
+    how: str, held: keeper_link.Held, args: argparse.Namespace, again: tuple[str, list[str]]
+) -> int:
+    if how == endings.UPGRADE:
+        error = endings.reexecute(again)
+        # The keeper holds the mount: the next ctfsd started takes it over.
+        log.error("cannot re-execute %s: %s", again[1][0], error)
+        return EXIT_ERROR
+    if how == endings.STOP:
+        if held.stop():
+            log.info("unmounted %s; containers keep running", args.mountpoint)
+        else:
+            log.warning("the keeper did not confirm the unmount of %s", args.mountpoint)
+    else:
+        log.info(
+            "%s was unmounted or its connection aborted; containers keep running", args.mountpoint
+        )
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
+    again = endings.command_line(argv)
     args = parse_args(argv)
+    upgrading = endings.upgrading()
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s ctfsd[%(process)d] %(levelname)s %(message)s",
     )
+    endings.catch_early_signals()
     ready: int | None = None
     try:
-        cgroups = prepare(args)
-        if not args.foreground:
+        cgroups, held = prepare(args)
+        if not args.foreground and not upgrading:
             ready = _daemonize(args.log_file)
-        # Hold no directory busy (and let mount(8) see "ctfs" as a name, not a path).
+        # Hold no directory busy.
         os.chdir("/")
         # Orphaned container inits become our children, so we can reap them.
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
-        trio.run(serve, args, cgroups, ready)
+        how = trio.run(serve, args, cgroups, held, ready)
     except StartupError as exc:
         print(f"ctfsd: {exc}", file=sys.stderr)
         if ready is not None:
@@ -259,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.status
     except KeyboardInterrupt:
         return EXIT_OK
-    return EXIT_OK
+    return _end(how, held, args, again)
 
 
 if __name__ == "__main__":
