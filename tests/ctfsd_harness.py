@@ -1,8 +1,8 @@
 """A real ctfsd for the tests: its own state directory, mount point and cgroup parent.
 
-Everything it makes (the FUSE mount, the loop-mounted btrfs pool, the cgroups under
-``ctfs-test-<pid>``, containers and their processes) is removed by ``cleanup``,
-which ends processes only by PID or through the test's own cgroups.
+Everything it makes (the FUSE mount and its keeper, the loop-mounted btrfs pool,
+the cgroups under ``ctfs-test-<pid>``, containers and their processes) is removed
+by ``cleanup``, which ends processes only by PID or through the test's own cgroups.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ctfs.keeper import paths_for
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
@@ -74,6 +76,14 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool: 
     return bool(predicate())
 
 
+def process_gone(pid: int) -> bool:
+    """``pid`` has exited (a zombie counts: only its parent can collect it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
 class Ctfsd:
     def __init__(
         self, stop_timeout: float = 3.0, wrapper: tuple[str, ...] = (), extra: tuple[str, ...] = ()
@@ -123,21 +133,26 @@ class Ctfsd:
     def _serving_lines(self) -> int:
         return self.log_text().count(" serving ")
 
-    def start(self) -> None:
-        # A killed ctfsd leaves a dead mount whose cached entries still stat fine,
-        # so readiness is the new daemon's "serving" log line.
-        served_before = self._serving_lines()
+    def launch(self) -> None:
+        """Start ctfsd without waiting for it to serve."""
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv(), stdout=log, stderr=log, stdin=subprocess.DEVNULL
             )
+
+    def start(self) -> None:
+        # Readiness is the new daemon's "serving" log line: the mount may be there
+        # already, held by the keeper for whichever ctfsd serves it next.
+        served_before = self._serving_lines()
+        self.launch()
         proc = self.proc
+        assert proc is not None
         if not wait_for(
             lambda: self._serving_lines() > served_before or proc.poll() is not None, timeout=60
         ):
             raise RuntimeError(f"ctfsd did not come up; log:\n{self.log_text()}")
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"ctfsd exited with {self.proc.returncode}:\n{self.log_text()}")
+        if proc.poll() is not None:
+            raise RuntimeError(f"ctfsd exited with {proc.returncode}:\n{self.log_text()}")
 
     def terminate(self) -> int | None:
         """SIGTERM ctfsd and wait; return its exit status."""
@@ -153,11 +168,39 @@ class Ctfsd:
         return status
 
     def kill(self) -> None:
-        """SIGKILL ctfsd, as a crash would."""
+        """SIGKILL ctfsd, as a crash would; its keeper keeps holding the mount."""
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
         self.proc = None
+
+    def upgrade(self) -> None:
+        """SIGHUP ctfsd and wait until its re-executed self serves again."""
+        assert self.proc is not None
+        served_before = self._serving_lines()
+        self.proc.send_signal(signal.SIGHUP)
+        if not wait_for(lambda: self._serving_lines() > served_before, timeout=60):
+            raise RuntimeError(f"ctfsd did not serve again after SIGHUP; log:\n{self.log_text()}")
+
+    def keeper_pid(self) -> int | None:
+        """The PID of the keeper holding the mount (from its pidfile), if it runs."""
+        try:
+            pid = int(paths_for(self.mount).pidfile.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if b"ctfs.keeper" in cmdline and not process_gone(pid) else None
+
+    def end_keeper(self) -> None:
+        """SIGTERM the keeper (it unmounts and exits), by its PID."""
+        pid = self.keeper_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not wait_for(lambda: process_gone(pid), timeout=10):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -210,6 +253,8 @@ class Ctfsd:
                     if child.is_dir():
                         self.kill_container(int(child.name))
         self.remove_cgroups()
+        self.end_keeper()
+        paths_for(self.mount).lock.unlink(missing_ok=True)
         for mount in (self.mount, self.state):
             subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
         try:

@@ -1,0 +1,221 @@
+"""A crash, kill or upgrade of ctfsd is a pause for the readers, never an error.
+
+The keeper holds the mount while ctfsds come and go (see ctfsd(8)); these tests
+read through it from other processes while ctfsd is killed, restarted and
+re-executed, and count every error those readers get.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ctfs.keeper import paths_for
+from tests.ctfsd_harness import Ctfsd, process_gone, wait_for, write_errno
+
+# Reads until the stop file appears; prints its count of reads, then one line per error.
+READER = r"""
+import os, sys
+stop, *paths = sys.argv[1:]
+reads, errors = 0, []
+while not os.path.exists(stop):
+    for path in paths:
+        try:
+            if path.endswith("/"):
+                os.listdir(path)
+            else:
+                with open(path, "rb") as f:
+                    f.read()
+            reads += 1
+        except OSError as exc:
+            errors.append(f"{path}: {exc}")
+print(reads)
+print("\n".join(errors[:20]))
+"""
+
+
+class Readers:
+    """Reader processes looping over ``paths`` until ``finish``; ended by PID."""
+
+    def __init__(self, stop_file: Path, paths: list[str], count: int) -> None:
+        self.stop_file = stop_file
+        self.procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", READER, str(stop_file), *paths],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(count)
+        ]
+
+    def finish(self, timeout: float = 30) -> tuple[int, list[str]]:
+        """Stop the loops; the total of reads and every error.  A hung reader fails."""
+        self.stop_file.touch()
+        reads, errors = 0, []
+        for proc in self.procs:
+            try:
+                out, _ = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"reader PID {proc.pid} hung")
+            first, _, rest = out.partition("\n")
+            reads += int(first)
+            errors += [line for line in rest.splitlines() if line]
+        return reads, errors
+
+    def end(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def readers(tmp_path: Path) -> Iterator[list[Readers]]:
+    made: list[Readers] = []
+    try:
+        yield made
+    finally:
+        for group in made:
+            group.end()
+
+
+@pytest.fixture
+def restored(ctfsd: Ctfsd) -> Iterator[Ctfsd]:
+    """The session's ctfsd, serving again after the test whatever it did."""
+    try:
+        yield ctfsd
+    finally:
+        if ctfsd.proc is None or ctfsd.proc.poll() is not None:
+            ctfsd.start()
+
+
+def _paths(mount: Path, container: Path) -> list[str]:
+    return [
+        str(mount / "version"),
+        f"{mount}/",
+        str(container / "state"),
+        str(container / "procs"),
+        str(container / "limits"),
+    ]
+
+
+def _mounted(path: Path) -> bool:
+    return any(
+        line.split()[1] == str(path) for line in Path("/proc/mounts").read_text().splitlines()
+    )
+
+
+def test_a_reader_waiting_while_no_ctfsd_runs_gets_its_answer(restored: Ctfsd, mount: Path) -> None:
+    restored.kill()
+    reader = subprocess.Popen(["cat", str(mount / "version")], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        assert reader.poll() is None, "the reader must wait for a ctfsd, not fail"
+        restored.start()
+        out, _ = reader.communicate(timeout=10)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert reader.returncode == 0
+    assert out.startswith("ctfs ")
+
+
+def test_a_request_under_way_when_ctfsd_is_killed_is_answered_by_the_next(
+    restored: Ctfsd, running: Path
+) -> None:
+    # A stopped init cannot act on its halt signal: the stop waits out the stop
+    # timeout (3 s in the harness), so the write is still under way at the kill.
+    init = int((running / "procs").read_text().split()[0])
+    os.kill(init, signal.SIGSTOP)
+    writer = subprocess.Popen(["sh", "-c", f"echo stopped > {running}/state"])
+    try:
+        time.sleep(1)
+        assert writer.poll() is None, "the stop must still be under way"
+        restored.kill()
+        restored.start()
+        assert writer.wait(timeout=30) == 0
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    assert (running / "state").read_text() == "stopped\n"
+
+
+def test_twenty_kills_at_random_moments_cost_the_readers_nothing(
+    restored: Ctfsd, running: Path, readers: list[Readers], tmp_path: Path
+) -> None:
+    group = Readers(tmp_path / "stop", _paths(restored.mount, running), count=4)
+    readers.append(group)
+    chance = random.Random(os.getpid())
+    for kill in range(20):
+        time.sleep(chance.uniform(0.0, 0.6))
+        restored.kill()
+        if kill % 2:
+            restored.launch()  # to be killed wherever its start has got, takeover included
+        else:
+            restored.start()  # to be killed while serving
+    restored.kill()
+    restored.start()
+    reads, errors = group.finish()
+    assert errors == []
+    assert reads > 0
+    assert (running / "state").read_text() == "running\n"
+
+
+def test_sighup_upgrades_in_place_without_a_reader_noticing(
+    restored: Ctfsd, running: Path, readers: list[Readers], tmp_path: Path
+) -> None:
+    assert restored.proc is not None
+    pid = restored.proc.pid
+    procs = (running / "procs").read_text()
+    group = Readers(tmp_path / "stop", _paths(restored.mount, running), count=3)
+    readers.append(group)
+    for _ in range(3):
+        restored.upgrade()
+        time.sleep(0.3)
+    reads, errors = group.finish()
+    assert errors == []
+    assert reads > 0
+    assert restored.proc.pid == pid and restored.proc.poll() is None
+    assert (running / "procs").read_text() == procs
+    # The re-executed ctfsd still collects its containers: a stop is a clean stop.
+    assert write_errno(running / "state", b"stopped") == 0
+
+
+def test_sigterm_unmounts_and_ends_the_keeper(restored: Ctfsd, mount: Path) -> None:
+    keeper = restored.keeper_pid()
+    assert keeper is not None
+    assert restored.terminate() == 0
+    assert not _mounted(mount)
+    assert wait_for(lambda: process_gone(keeper), timeout=10)
+    paths = paths_for(mount)
+    assert not paths.socket.exists() and not paths.pidfile.exists()
+
+
+def test_ending_the_keeper_while_no_ctfsd_runs_releases_the_readers(
+    restored: Ctfsd, mount: Path
+) -> None:
+    # The escape hatch when no ctfsd will come back: readers get ENOTCONN, not a hang.
+    restored.kill()
+    reader = subprocess.Popen(["cat", str(mount / "version")], stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        assert reader.poll() is None
+        restored.end_keeper()
+        assert reader.wait(timeout=10) != 0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            reader.kill()
+        reader.wait()
+    assert not _mounted(mount)
