@@ -32,3 +32,7 @@ def test_stopping_the_unit_signals_only_ctfsd() -> None:
     assert settings["KillMode"] == "process"
     assert settings["Restart"] == "on-failure"
     assert settings["ExecStart"].split()[0] == "/usr/local/bin/ctfsd"
+
+
+def test_reloading_the_unit_upgrades_ctfsd_in_place() -> None:
+    assert _settings()["ExecReload"] == "/bin/kill -HUP $MAINPID"
