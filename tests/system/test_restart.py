@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ctfs.keeper import paths_for
-from tests.ctfsd_harness import Ctfsd, process_gone, wait_for, write_errno
+from tests.ctfsd_harness import CTFS, Ctfsd, process_gone, wait_for, write_errno
 
 # Reads until the stop file appears; prints its count of reads, then one line per error.
 READER = r"""
@@ -171,6 +171,30 @@ def test_twenty_kills_at_random_moments_cost_the_readers_nothing(
     assert errors == []
     assert reads > 0
     assert (running / "state").read_text() == "running\n"
+
+
+def test_a_reader_inside_a_container_sees_kills_as_pauses(restored: Ctfsd, running: Path) -> None:
+    # /ctfs inside is a bind of the same mount: the same connection, the same keeper.
+    loop = (
+        "fails=0; i=0; while [ $i -lt 80 ]; do "
+        f"cat /ctfs/{running.name}/state >/dev/null || fails=$((fails+1)); "
+        "i=$((i+1)); sleep 0.05; done; echo fails=$fails"
+    )
+    command = [str(CTFS), "--mount", str(running.parent), "exec", running.name, "--"]
+    inside = subprocess.Popen([*command, "sh", "-c", loop], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3):
+            time.sleep(0.5)
+            restored.kill()
+            time.sleep(0.2)
+            restored.start()
+        out, _ = inside.communicate(timeout=60)
+    finally:
+        if inside.poll() is None:
+            inside.kill()
+            inside.wait()
+    assert inside.returncode == 0
+    assert out.strip() == "fails=0"
 
 
 def test_sighup_upgrades_in_place_without_a_reader_noticing(
