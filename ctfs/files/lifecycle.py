@@ -1,14 +1,15 @@
-"""A container's identity and lifecycle: state, template, hostname, procs, events."""
+"""A container's identity and lifecycle: state, template, hostname, idmap, procs,
+events, and which of its files it may write from inside (delegated)."""
 
 from __future__ import annotations
 
 import trio
 
 from ctfs.files.nodes import ControlFile
-from ctfs.model import network, state
+from ctfs.model import network, settings, state
 from ctfs.model.caller import Caller
 from ctfs.model.container import Container
-from ctfs.policy import idmap
+from ctfs.policy import delegation, idmap
 from ctfs.policy.values import parse_hostname, single_word
 
 
@@ -44,6 +45,15 @@ async def _set_idmap(ct: Container, text: str, caller: Caller) -> None:
     await state.set_id_range(ct, idmap.parse_mode(text))
 
 
+async def _delegated(ct: Container, caller: Caller) -> str:
+    return delegation.render(ct.settings)
+
+
+async def _set_delegated(ct: Container, text: str, caller: Caller) -> None:
+    names = delegation.parse(text)
+    await settings.update(ct, {delegation.KEY: names}, f"delegated: {names or 'none'}")
+
+
 async def _procs(ct: Container, caller: Caller) -> str:
     return "".join(f"{pid}\n" for pid in ct.pids())
 
@@ -57,6 +67,7 @@ FILES = (
     ControlFile("template", _template, _set_template, settings_only=False),
     ControlFile("hostname", _hostname, _set_hostname),
     ControlFile("idmap", _idmap, _set_idmap),
+    ControlFile("delegated", _delegated, _set_delegated),
     ControlFile("procs", _procs),
     ControlFile("events", _events),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ctfs.errors import not_permitted
 from ctfs.files.nodes import ControlFile
 from ctfs.model import apply, network
 from ctfs.model.caller import Caller
@@ -22,7 +23,10 @@ async def _nameservers(ct: Container, caller: Caller) -> str:
 
 
 async def _set_nameservers(ct: Container, text: str, caller: Caller) -> None:
-    await network.set_nameservers(ct, netaddr.parse_nameservers(text))
+    value = netaddr.parse_nameservers(text)
+    if value == netaddr.INHERIT and not caller.is_host:
+        raise not_permitted("inherit copies the host's name servers; only the host may ask")
+    await network.set_nameservers(ct, value)
 
 
 FILES = (

@@ -31,6 +31,7 @@ from ctfs.model.caller import HOST, Caller, identify
 from ctfs.model.container import Container
 from ctfs.model.dump_upload import Upload
 from ctfs.model.host import Host
+from ctfs.policy import delegation
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class CtfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         wants_write = flags & os.O_ACCMODE != os.O_RDONLY
         name = node.name
-        if wants_write and not caller.is_host and not isinstance(node, HostFile):
+        if wants_write and not caller.is_host and not self._delegated(place, caller):
             raise _refusal(
                 place, name, not_permitted(f"writing is not allowed from {caller.describe()}")
             )
@@ -271,6 +272,16 @@ class CtfsOperations(pyfuse3.Operations):
             if wants_write and isinstance(node, ControlFile) and node.exclusive:
                 self._claim(fh, handle)
         return self._file_info(handle, fh)
+
+    @staticmethod
+    def _delegated(place: Place, caller: Caller) -> bool:
+        """Whether the host lets ``caller``'s container write the file at ``place``."""
+        container = place.container
+        return (
+            container is not None
+            and caller.ctid == container.ctid
+            and place.node.name in delegation.delegated(container.settings)
+        )
 
     def _open_inside(self, ctid: int) -> int:
         return sum(1 for h in self._handles.values() if h.caller.ctid == ctid)

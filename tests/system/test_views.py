@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +161,32 @@ def test_readers_inside_never_hold_up_a_checkpoint(private: Path) -> None:
         assert write_errno(private / "state", b"frozen") == 0
         assert write_errno(private / "state", b"running") == 0
     assert "MemTotal" in _inside(private, "cat /proc/meminfo")
+
+
+def test_nothing_is_delegated_by_default(private: Path) -> None:
+    assert (private / "delegated").read_text() == ""
+
+
+def test_a_delegated_file_can_be_written_from_inside(private: Path) -> None:
+    assert write_errno(private / "delegated", b"hostname\n") == 0
+    _inside(private, f"echo inner-name > /ctfs/{private.name}/hostname")
+    assert (private / "hostname").read_text() == "inner-name\n"
+    assert _inside(private, "hostname") == "inner-name\n"
+
+
+def test_only_delegable_files_can_be_delegated(private: Path) -> None:
+    assert write_errno(private / "delegated", b"state\n") == errno.EINVAL
+    assert (private / "delegated").read_text() == ""
+
+
+def test_delegated_itself_cannot_be_written_from_inside(private: Path) -> None:
+    done = ctfs_exec(private, "sh", "-c", f"echo hostname > /ctfs/{private.name}/delegated")
+    assert done.returncode != 0 and "not permitted" in done.stderr
+
+
+def test_a_delegated_nameserver_cannot_inherit_the_hosts(private: Path) -> None:
+    assert write_errno(private / "delegated", b"nameserver\n") == 0
+    done = ctfs_exec(private, "sh", "-c", f"echo inherit > /ctfs/{private.name}/nameserver")
+    assert done.returncode != 0 and "not permitted" in done.stderr
+    _inside(private, f"echo 198.18.0.53 > /ctfs/{private.name}/nameserver")
+    assert (private / "nameserver").read_text() == "198.18.0.53\n"
