@@ -48,6 +48,32 @@ class CpuCap:
     period_us: int
 
 
+class Counted(enum.Enum):
+    """The groups of figures a container's counters are read in.
+
+    A reading names the groups it needs and only those are read; the figures of
+    the others are left at 0.  The first six come from the cgroups
+    (``Cgroups.counters``), the rest from /proc and the container's network
+    namespace (``Processes.count``).
+    """
+
+    MEMORY = "memory"  # RAM and swap in use, the RAM peak and hits of the RAM limit
+    KERNEL_MEMORY = "kmem"  # kernel memory and its peak
+    TCP_BUFFERS = "tcp_buffers"  # TCP buffer memory, its peak and refusals
+    SHARED_MEMORY = "shmem"
+    TASKS = "tasks"  # tasks, their peak and refused forks
+    CPU = "cpu"  # CPU time
+    PROCESSES = "processes"  # per process: open files, sockets, signals, locked/private memory
+    FILE_LOCKS = "file_locks"
+    TCP_SOCKETS = "tcp_sockets"
+    UDP_QUEUES = "udp_queues"
+    FIREWALL_RULES = "firewall_rules"
+    PTYS = "ptys"
+
+
+EVERYTHING = frozenset(Counted)
+
+
 @dataclass(frozen=True)
 class KernelCounters:
     """What the kernel counts for a container: bytes, tasks, peaks and refusals."""
@@ -187,8 +213,9 @@ class Cgroups(Protocol):
     def cpu_time(self, ctid: int) -> CpuTime:
         """The CPU time the container's tasks used since its cgroups were made."""
 
-    def counters(self, ctid: int) -> KernelCounters:
-        """Usage, peaks and refusal counts; zeros for a container with no cgroups."""
+    def counters(self, ctid: int, wanted: frozenset[Counted] = EVERYTHING) -> KernelCounters:
+        """Usage, peaks and refusal counts of the ``wanted`` groups (others are 0);
+        zeros for a container with no cgroups."""
 
 
 # ------------------------------------------------------------ storage, quota
@@ -341,8 +368,15 @@ class Processes(Protocol):
     def cpuinfo(self) -> str:
         """The host's /proc/cpuinfo."""
 
-    def count(self, pids: Iterable[int], init: int | None, locks: dict[int, int]) -> ProcessCounts:
-        """Everything ctfs counts for the container whose processes are ``pids``."""
+    def count(
+        self,
+        pids: Iterable[int],
+        init: int | None,
+        locks: dict[int, int],
+        wanted: frozenset[Counted] = EVERYTHING,
+    ) -> ProcessCounts:
+        """The ``wanted`` figures ctfs counts for the container whose processes are
+        ``pids`` (the others are 0)."""
 
     def set_hostname(self, init_pid: int, name: str) -> None: ...
 

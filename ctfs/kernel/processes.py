@@ -9,7 +9,7 @@ import signal
 from collections.abc import Iterable
 
 from ctfs.kernel import accounting, proc_facts, uts
-from ctfs.kernel.api import Placement, ProcessCounts, TaskStates
+from ctfs.kernel.api import EVERYTHING, Counted, Placement, ProcessCounts, TaskStates
 
 NAMESPACES = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup")
 
@@ -75,8 +75,14 @@ class HostProcesses:
     def lock_holders(self) -> dict[int, int]:
         return accounting.lock_holders()
 
-    def count(self, pids: Iterable[int], init: int | None, locks: dict[int, int]) -> ProcessCounts:
-        return accounting.count(pids, init, locks)
+    def count(
+        self,
+        pids: Iterable[int],
+        init: int | None,
+        locks: dict[int, int],
+        wanted: frozenset[Counted] = EVERYTHING,
+    ) -> ProcessCounts:
+        return accounting.count(pids, init, locks, wanted)
 
     def set_hostname(self, init_pid: int, name: str) -> None:
         uts.set_hostname(init_pid, name)
