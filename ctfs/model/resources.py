@@ -8,11 +8,13 @@ readings fold the kernel's figures into what the files show, and note in
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 import trio
 
 from ctfs.errors import kernel_failed
+from ctfs.kernel.api import EVERYTHING, Counted, KernelCounters
 from ctfs.model import settings
 from ctfs.model.container import Container, State
 from ctfs.policy import beancounters
@@ -21,7 +23,8 @@ from ctfs.policy.beancounters import Counter
 from ctfs.policy.quota import INODES, KIB, SPACE, limits_in
 from ctfs.policy.sizes import UNLIMITED
 
-Measured = dict[str, tuple[int, int, int]]
+# The kernel's figures, and (held, kernel's maxheld, failcnt) per resource measured.
+Measured = tuple[KernelCounters, dict[str, tuple[int, int, int]]]
 
 
 # ------------------------------------------------------------- scheduling
@@ -59,29 +62,81 @@ async def set_limits(ct: Container, changes: dict[str, tuple[int, int]]) -> None
     )
 
 
-def _measure(ct: Container, locks: dict[int, int]) -> Measured:
-    """What the kernel and /proc say now (slow: call off the trio loop)."""
-    processes = ct.backends.processes
-    counts = processes.count(ct.pids(), ct.init_pid, locks)
-    return beancounters.held_now(ct.backends.cgroups.counters(ct.ctid), counts)
+@dataclass(frozen=True)
+class Reading:
+    """One container's beancounters as just read, and the kernel's figures behind them."""
+
+    counters: dict[str, Counter]
+    kernel: KernelCounters
+
+
+# What needs the list of the container's processes.
+_PER_PROCESS = frozenset({Counted.PROCESSES, Counted.FILE_LOCKS})
+
+
+def _measure(ct: Container, wanted: frozenset[Counted], locks: dict[int, int]) -> Measured:
+    """What the kernel and /proc say now of ``wanted`` (slow: call off the trio loop)."""
+    backends = ct.backends
+    kernel = backends.cgroups.counters(ct.ctid, wanted)
+    pids = backends.cgroups.pids(ct.ctid) if not wanted.isdisjoint(_PER_PROCESS) else []
+    counts = backends.processes.count(pids, ct.init_pid, locks, wanted)
+    return kernel, beancounters.held_now(kernel, counts, wanted)
+
+
+async def _read(plans: Sequence[tuple[Container, frozenset[Counted]]]) -> dict[int, Reading]:
+    """Measure each container for what its plan wants, off the loop; fold it in."""
+    if not plans:
+        return {}
+    processes = plans[0][0].backends.processes
+    # /proc/locks only when asked: each read takes the kernel's file-lock rwsem for
+    # writing, an RCU grace period (8 ms here) during which nobody can lock a file.
+    lock_file = any(Counted.FILE_LOCKS in wanted for _, wanted in plans)
+
+    def measure_all() -> list[Measured]:
+        locks = processes.lock_holders() if lock_file else {}
+        return [_measure(ct, wanted, locks) for ct, wanted in plans]
+
+    measured = await trio.to_thread.run_sync(measure_all)
+    kept = enforced(plans[0][0])
+    readings = {}
+    for (ct, _), (kernel, now) in zip(plans, measured, strict=True):
+        folded = ct.fold_counters(now, beancounters.limits_of(ct.settings), kept)
+        readings[ct.ctid] = Reading(folded, kernel)
+    return readings
+
+
+# Every row of a beancounters block, and nothing else.
+ROWS = EVERYTHING - {Counted.CPU}
+
+
+async def read(
+    containers: Sequence[Container], wanted: frozenset[Counted] = ROWS
+) -> dict[int, Reading]:
+    """Every row of the running ones among ``containers``, and the kernel's ``wanted``
+    figures behind them (``Counted.CPU`` too, if asked)."""
+    return await _read([(ct, wanted) for ct in containers if ct.state is State.RUNNING])
 
 
 async def counters(containers: Sequence[Container]) -> dict[int, dict[str, Counter]]:
     """Current beancounters of the running ones among ``containers``."""
-    running = [ct for ct in containers if ct.state is State.RUNNING]
-    if not running:
-        return {}
-    processes = running[0].backends.processes
+    return {ctid: reading.counters for ctid, reading in (await read(containers)).items()}
 
-    def measure_all() -> list[Measured]:
-        locks = processes.lock_holders()
-        return [_measure(ct, locks) for ct in running]
 
-    measured = await trio.to_thread.run_sync(measure_all)
-    return {
-        ct.ctid: ct.fold_counters(m, beancounters.limits_of(ct.settings), enforced(ct))
-        for ct, m in zip(running, measured, strict=True)
-    }
+async def sample(containers: Sequence[Container], in_full: Collection[Container]) -> None:
+    """Fold into maxheld and ``events`` what can cross a bound now: of every running
+    container its watched resources (``beancounters.watched``), and all of the
+    running ones among ``in_full``.  A container with nothing watched costs nothing."""
+    plans = []
+    for ct in containers:
+        if ct.state is not State.RUNNING:
+            continue
+        if ct in in_full:
+            plans.append((ct, ROWS))
+            continue
+        resources = beancounters.watched(beancounters.limits_of(ct.settings), ct.usage.crossed)
+        if resources:
+            plans.append((ct, beancounters.needed_for(resources)))
+    await _read(plans)
 
 
 # ------------------------------------------------------------- disk quota

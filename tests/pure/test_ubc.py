@@ -7,6 +7,7 @@ import errno
 import pytest
 
 from ctfs.errors import CtfsError
+from ctfs.kernel.api import Counted, KernelCounters, ProcessCounts
 from ctfs.policy import beancounters as ubc
 from ctfs.policy.sizes import PAGE_BYTES, UNLIMITED
 
@@ -87,3 +88,26 @@ def test_limits_of_defaults_to_unlimited_and_reads_ctid_conf() -> None:
     assert limits["numproc"] == (100, 120)
     assert limits["physpages"] == (0, UNLIMITED)
     assert limits["numfile"] == (UNLIMITED, UNLIMITED)
+
+
+def test_only_a_resource_with_a_bound_or_above_one_is_watched() -> None:
+    limits = ubc.limits_of({"NUMPROC": "100:120", "PHYSPAGES": "0:unlimited", "NUMFILE": "0:500"})
+    assert ubc.watched(limits, crossed=[]) == {"numproc", "numfile"}
+    # A bound lifted while above it: watched until it is seen back within.
+    assert ubc.watched(ubc.limits_of({}), crossed=["numtcpsock"]) == {"numtcpsock"}
+    assert ubc.watched(ubc.limits_of({}), crossed=[]) == set()
+
+
+def test_every_resource_says_what_reading_it_takes() -> None:
+    assert set(ubc.SOURCES) == set(ubc.RESOURCES)
+    assert ubc.needed_for(["numproc"]) == {Counted.TASKS}
+    assert ubc.needed_for(["numothersock", "numfile"]) == {Counted.PROCESSES, Counted.TCP_SOCKETS}
+    assert ubc.needed_for([]) == frozenset()
+
+
+def test_a_partial_reading_gives_only_the_rows_it_has_all_the_figures_of() -> None:
+    kernel = KernelCounters(tasks=3, tasks_peak=9, tasks_refused=1, ram=4096 * 7)
+    rows = ubc.held_now(kernel, ProcessCounts(files=5), frozenset({Counted.TASKS}))
+    # dcachesize is counted from nothing; numfile needs the processes, physpages memory.
+    assert rows == {"numproc": (3, 9, 1), "dcachesize": (0, 0, 0)}
+    assert set(ubc.held_now(kernel, ProcessCounts())) == set(ubc.RESOURCES)

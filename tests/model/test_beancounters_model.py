@@ -1,0 +1,98 @@
+"""Beancounters in the model: what a reading reads, and what the sampler watches."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+import trio
+
+from ctfs.kernel.api import Counted
+from ctfs.model import host as host_module
+from ctfs.model import resources, state
+from ctfs.model.container import Container
+from ctfs.model.host import Host
+from ctfs.policy.sizes import UNLIMITED
+from tests.model.conftest import Scenario
+
+Run = Callable[[Scenario], None]
+_ctids = itertools.count(351)
+
+
+async def _running(host: Host) -> Container:
+    ct = await host.create(str(next(_ctids)))
+    await state.request(ct, "running")
+    return ct
+
+
+@pytest.fixture
+def quiet_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's own sampler stays asleep: the test samples by itself."""
+    monkeypatch.setattr(host_module, "BEANCOUNTER_SAMPLE_S", 3600.0)
+
+
+@pytest.mark.usefixtures("quiet_sampler")
+def test_a_sample_reads_only_what_has_a_bound_and_notes_its_crossing(run: Run) -> None:
+    async def scenario(host: Host) -> None:
+        ct = await _running(host)
+        await resources.sample([ct], in_full=())
+        assert ct.usage.maxheld == {}  # nothing bounded: nothing read
+        await resources.set_limits(ct, {"numfile": (2, 3)})  # init alone holds more
+        await resources.sample([ct], in_full=())
+        assert ct.usage.maxheld["numfile"] > 3
+        assert ct.usage.crossed == {"numfile": "limit"}
+        assert "numfile: held" in ct.events.render()
+        assert "numtcpsock" not in ct.usage.maxheld  # needs the namespace: not read
+        await resources.sample([ct], in_full=[ct])
+        assert "numtcpsock" in ct.usage.maxheld
+
+    run(scenario)
+
+
+@pytest.mark.usefixtures("quiet_sampler")
+def test_a_bound_lifted_while_above_it_is_seen_back_within(run: Run) -> None:
+    async def scenario(host: Host) -> None:
+        ct = await _running(host)
+        await resources.set_limits(ct, {"numfile": (2, 3)})
+        await resources.sample([ct], in_full=())
+        await resources.set_limits(ct, {"numfile": (UNLIMITED, UNLIMITED)})
+        await resources.sample([ct], in_full=())
+        assert ct.usage.crossed == {}
+        assert "numfile: held" in ct.events.render().splitlines()[-1]
+        assert "back within" in ct.events.render().splitlines()[-1]
+
+    run(scenario)
+
+
+def test_the_hosts_sampler_notices_a_crossing_nobody_reads(
+    run: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(host_module, "BEANCOUNTER_SAMPLE_S", 0.05)
+
+    async def scenario(host: Host) -> None:
+        ct = await _running(host)
+        await resources.set_limits(ct, {"numfile": (2, 3)})
+        with trio.fail_after(10):
+            while "numfile" not in ct.usage.crossed:
+                await trio.sleep(0.05)
+        assert "above its limit 3 (accounted only)" in ct.events.render()
+
+    run(scenario)
+
+
+def test_a_reading_of_some_groups_leaves_the_others_at_zero(run: Run) -> None:
+    async def scenario(host: Host) -> None:
+        ct = await _running(host)
+        cgroups = host.backends.cgroups
+        tasks = cgroups.counters(ct.ctid, frozenset({Counted.TASKS}))
+        assert tasks.tasks >= 1 and tasks.tasks_peak >= tasks.tasks
+        assert tasks.ram == 0 and tasks.cpu_ns == 0
+        everything = cgroups.counters(ct.ctid)
+        assert everything.ram > 0 and everything.kmem > 0 and everything.cpu_ns > 0
+        processes = host.backends.processes
+        pids = cgroups.pids(ct.ctid)
+        files = processes.count(pids, ct.init_pid, {}, frozenset({Counted.PROCESSES}))
+        assert files.files > 0 and files.private_pages > 0 and files.ptys == 0
+
+    run(scenario)
