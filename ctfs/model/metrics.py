@@ -1,9 +1,10 @@
 """What /ctfs/metrics says: every container's figures and ctfsd's own, for agents.
 
-One pass: the beancounters of the running containers (the same measurement as
+One pass: the beancounters of the running containers (the same reading as
 /ctfs/beancounters, so maxheld and crossings stay one record), their CPU time and
-memory from the cgroups, their eth0 traffic from the host end of the veth.  Disk
-quota is left out: reading it costs a btrfs command per container.
+memory from the cgroup figures that reading took, their eth0 traffic from the host
+end of the veth.  Disk quota is left out: reading it costs a btrfs command per
+container.
 """
 
 from __future__ import annotations
@@ -12,11 +13,27 @@ import time
 
 import trio
 
+from ctfs.kernel.api import EVERYTHING, Traffic
 from ctfs.model import resources
 from ctfs.model.container import Container, State
-from ctfs.policy.metrics import COUNTER, GAUGE, Family
+from ctfs.policy.beancounters import Counter
+from ctfs.policy.metrics import COUNTER, GAUGE, Family, labels
 
 STARTED = time.time()
+
+_COLUMNS = Counter._fields  # held, maxheld, barrier, limit, failcnt
+
+
+def _beancounter_families() -> list[Family]:
+    families = [
+        Family(f"ctfs_beancounter_{column}", GAUGE, f"user beancounter {column}")
+        for column in _COLUMNS[:-1]
+    ]
+    # OpenVZ's failcnt only grows: a counter.
+    failcnt = Family(
+        "ctfs_beancounter_failcnt_total", COUNTER, "user beancounter failcnt (refusals)"
+    )
+    return [*families, failcnt]
 
 
 async def families(containers: list[Container]) -> list[Family]:
@@ -25,38 +42,29 @@ async def families(containers: list[Container]) -> list[Family]:
     memory = Family("ctfs_container_memory_bytes", GAUGE, "RAM in use (cgroup)")
     received = Family("ctfs_container_network_receive_bytes_total", COUNTER, "bytes in on eth0")
     sent = Family("ctfs_container_network_transmit_bytes_total", COUNTER, "bytes out on eth0")
-    ubc = {
-        column: Family(f"ctfs_beancounter_{column}", GAUGE, f"user beancounter {column}")
-        for column in ("held", "maxheld", "barrier", "limit")
-    }
-    # OpenVZ's failcnt only grows: a counter.
-    ubc["failcnt"] = Family(
-        "ctfs_beancounter_failcnt_total", COUNTER, "user beancounter failcnt (refusals)"
-    )
+    ubc = _beancounter_families()
     for ct in containers:
         state.add(1, ctid=str(ct.ctid), state=ct.state.value)
     running = [ct for ct in containers if ct.state is State.RUNNING]
-    counters = await resources.counters(running)
+    readings = await resources.read(running, EVERYTHING)
 
-    def kernel_figures() -> list[tuple[Container, int, int, tuple[int, int] | None]]:
-        rows = []
-        for ct in running:
-            figures = ct.backends.cgroups.counters(ct.ctid)
-            traffic = ct.backends.network.traffic(ct.ctid)
-            both = (traffic.received, traffic.sent) if traffic is not None else None
-            rows.append((ct, figures.cpu_ns, figures.ram, both))
-        return rows
+    def traffic_of_all() -> list[Traffic | None]:
+        return [ct.backends.network.traffic(ct.ctid) for ct in running]
 
-    for ct, cpu_ns, ram, traffic in await trio.to_thread.run_sync(kernel_figures):
+    for ct, traffic in zip(running, await trio.to_thread.run_sync(traffic_of_all), strict=True):
+        reading = readings.get(ct.ctid)
+        if reading is None:
+            continue
         label = str(ct.ctid)
-        cpu.add(cpu_ns / 1e9, ctid=label)
-        memory.add(ram, ctid=label)
+        cpu.add(reading.kernel.cpu_ns / 1e9, ctid=label)
+        memory.add(reading.kernel.ram, ctid=label)
         if traffic is not None:
-            received.add(traffic[0], ctid=label)
-            sent.add(traffic[1], ctid=label)
-        for resource, counter in counters.get(ct.ctid, {}).items():
-            for column, family in ubc.items():
-                family.add(getattr(counter, column), ctid=label, resource=resource)
+            received.add(traffic.received, ctid=label)
+            sent.add(traffic.sent, ctid=label)
+        for resource, counter in reading.counters.items():
+            tags = labels(ctid=label, resource=resource)
+            for family, value in zip(ubc, counter, strict=True):
+                family.add_labelled(value, tags)
     daemon = [
         Family("ctfsd_containers", GAUGE, "containers ctfsd manages"),
         Family("ctfsd_running_containers", GAUGE, "containers running now"),
@@ -65,4 +73,4 @@ async def families(containers: list[Container]) -> list[Family]:
     daemon[0].add(len(containers))
     daemon[1].add(len(running))
     daemon[2].add(round(STARTED, 3))
-    return [state, cpu, memory, received, sent, *ubc.values(), *daemon]
+    return [state, cpu, memory, received, sent, *ubc, *daemon]

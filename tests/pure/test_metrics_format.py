@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctfs.policy.metrics import COUNTER, GAUGE, Family, render
+from ctfs.policy.metrics import COUNTER, GAUGE, Family, labels, render
 
 
 def test_a_family_is_help_type_and_samples() -> None:
@@ -30,3 +30,15 @@ def test_fractions_keep_their_digits_and_integers_have_none() -> None:
     lines = render([family]).splitlines()
     assert lines[2] == "ctfs_x 0.011675814"
     assert lines[3] == "ctfs_x 9223372036854775807"
+
+
+def test_labels_formatted_once_serve_many_samples() -> None:
+    tags = labels(ctid="7", resource="numproc")
+    assert tags == '{ctid="7",resource="numproc"}'
+    held, limit = Family("ctfs_held", GAUGE, "h"), Family("ctfs_limit", GAUGE, "l")
+    held.add_labelled(3, tags)
+    limit.add_labelled(40, tags)
+    text = render([held, limit])
+    assert 'ctfs_held{ctid="7",resource="numproc"} 3\n' in text
+    assert 'ctfs_limit{ctid="7",resource="numproc"} 40\n' in text
+    assert labels() == ""
