@@ -217,6 +217,26 @@ def test_sighup_upgrades_in_place_without_a_reader_noticing(
     assert write_errno(running / "state", b"stopped") == 0
 
 
+def test_sighup_lets_a_request_under_way_finish_first(restored: Ctfsd, running: Path) -> None:
+    init = int((running / "procs").read_text().split()[0])
+    os.kill(init, signal.SIGSTOP)  # the stop takes the whole stop timeout (3 s)
+    writer = subprocess.Popen(["sh", "-c", f"echo stopped > {running}/state"])
+    try:
+        time.sleep(1)
+        assert writer.poll() is None, "the stop must still be under way"
+        restored.upgrade()
+        assert writer.wait(timeout=30) == 0
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+    log = restored.log_text()
+    # Answered by the ctfsd that took it, before it re-executed: not done twice.
+    assert log.index(f"CT {running.name}: killed") < log.rindex("re-executing")
+    assert log.count(f"CT {running.name}: killed") == 1
+    assert (running / "state").read_text() == "stopped\n"
+
+
 def test_sigterm_unmounts_and_ends_the_keeper(restored: Ctfsd, mount: Path) -> None:
     keeper = restored.keeper_pid()
     assert keeper is not None
