@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ctfs import kernel
+from ctfs.kernel import v1_counters
 from ctfs.kernel.api import (
     EVERYTHING,
     Counted,
@@ -125,19 +126,7 @@ class CgroupsV1:
 
     def pids(self, ctid: int) -> list[int]:
         """Every process in the container's cgroup or in any cgroup below it."""
-        # str paths and scandir rather than pathlib and os.walk: 15 µs per
-        # container against 50-70, and the beancounters of all of them ask.
-        found: list[int] = []
-        pending = [f"{self.root}/pids/{self.parent}/{ctid}"]
-        while pending:
-            directory = pending.pop()
-            found.extend(int(word) for word in _read(f"{directory}/cgroup.procs").split())
-            try:
-                with os.scandir(directory) as entries:
-                    pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
-            except FileNotFoundError:
-                continue  # removed meanwhile
-        return found
+        return v1_counters.procs(f"{self.root}/pids/{self.parent}/{ctid}")
 
     def join_files(self, ctid: int) -> list[str]:
         # Not cgroup.procs: moving a whole process takes the kernel's global
@@ -173,16 +162,23 @@ class CgroupsV1:
         )
 
     def container_of(self, pid: int) -> int | None:
+        # Asked on every request from inside a container: bytes from os.read rather
+        # than a text file, 11.7 µs against 15.8 here (the kernel writing the file
+        # is the rest).
         try:
-            with open(f"/proc/{pid}/cgroup") as f:
-                lines = f.read().splitlines()
+            fd = os.open(f"/proc/{pid}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, 1 << 16)
+            finally:
+                os.close(fd)
         except OSError:
             return None
-        for line in lines:
-            _, controllers, path = line.split(":", 2)
-            if "pids" in controllers.split(","):
-                parts = path.strip("/").split("/")
-                if len(parts) >= 2 and parts[0] == self.parent and parts[1].isdigit():
+        parent = self.parent.encode()
+        for line in data.splitlines():
+            _, controllers, path = line.split(b":", 2)
+            if b"pids" in controllers.split(b","):
+                parts = path.strip(b"/").split(b"/")
+                if len(parts) >= 2 and parts[0] == parent and parts[1].isdigit():
                     return int(parts[1])
         return None
 
@@ -253,39 +249,7 @@ class CgroupsV1:
         return CpuTime(user=ticks.get("user", 0), system=ticks.get("system", 0))
 
     def counters(self, ctid: int, wanted: frozenset[Counted] = EVERYTHING) -> KernelCounters:
-        memory = f"{self.root}/memory/{self.parent}/{ctid}/"
-        pids = f"{self.root}/pids/{self.parent}/{ctid}/"
-        found: dict[str, int] = {}
-        if Counted.MEMORY in wanted:
-            ram = _number(memory + "memory.usage_in_bytes")
-            found.update(
-                ram=ram,
-                ram_peak=_number(memory + "memory.max_usage_in_bytes"),
-                ram_failcnt=_number(memory + "memory.failcnt"),
-                swap=max(0, _number(memory + "memory.memsw.usage_in_bytes") - ram),
-            )
-        if Counted.KERNEL_MEMORY in wanted:
-            found.update(
-                kmem=_number(memory + "memory.kmem.usage_in_bytes"),
-                kmem_peak=_number(memory + "memory.kmem.max_usage_in_bytes"),
-            )
-        if Counted.TCP_BUFFERS in wanted:
-            found.update(
-                tcp=_number(memory + "memory.kmem.tcp.usage_in_bytes"),
-                tcp_peak=_number(memory + "memory.kmem.tcp.max_usage_in_bytes"),
-                tcp_failcnt=_number(memory + "memory.kmem.tcp.failcnt"),
-            )
-        if Counted.SHARED_MEMORY in wanted:
-            found["shmem"] = _keyed(memory + "memory.stat", b"total_shmem")
-        if Counted.TASKS in wanted:
-            found.update(
-                tasks=_number(pids + "pids.current"),
-                tasks_peak=_number(pids + "pids.peak"),
-                tasks_refused=_keyed(pids + "pids.events", b"max"),
-            )
-        if Counted.CPU in wanted:
-            found["cpu_ns"] = _number(f"{self.root}/cpuacct/{self.parent}/{ctid}/cpuacct.usage")
-        return KernelCounters(**found)
+        return v1_counters.read(str(self.root), f"{self.parent}/{ctid}", wanted)
 
     def populated(self) -> list[int]:
         found: list[int] = []
@@ -317,50 +281,6 @@ def remove_cgroup_dir(path: Path, wait_s: float = 2.0) -> None:
             if exc.errno != errno.EBUSY or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
-
-
-def _read(path: str) -> bytes:
-    """A whole cgroup file, or b"" if it is not there (the cgroup went meanwhile).
-
-    Plain os.open/os.read on a str path: through pathlib and a text file the same
-    read cost 25-30 µs here against 9-10 µs, and a thousand containers' counters
-    are 13 files each.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            return os.read(fd, 1 << 16)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        # ENODEV: the cgroup is being removed while it is read.
-        if exc.errno in (errno.ENOENT, errno.ENODEV):
-            return b""
-        raise
-
-
-def _number(path: str) -> int:
-    """The number a one-number cgroup file holds; 0 if it is not there."""
-    words = _read(path).split(maxsplit=1)
-    try:
-        return int(words[0]) if words else 0
-    except ValueError:
-        return 0
-
-
-def _keyed(path: str, key: bytes) -> int:
-    """The value of ``key`` in a cgroup file of "key value" lines; 0 if it is not there."""
-    data = _read(path)
-    at = data.find(key + b" ")
-    while at > 0 and data[at - 1 : at] != b"\n":
-        at = data.find(key + b" ", at + 1)
-    if at < 0:
-        return 0
-    value = data[at + len(key) + 1 :].split(b"\n", 1)[0]
-    try:
-        return int(value)
-    except ValueError:
-        return 0
 
 
 def _limit(value: int | None) -> str:
