@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctfs.policy.metrics import COUNTER, GAUGE, Family, labels, render
+from ctfs.policy.metrics import COUNTER, GAUGE, Family, label, labels, labels_of, render
 
 
 def test_a_family_is_help_type_and_samples() -> None:
@@ -33,12 +33,12 @@ def test_fractions_keep_their_digits_and_integers_have_none() -> None:
 
 
 def test_labels_formatted_once_serve_many_samples() -> None:
-    tags = labels(ctid="7", resource="numproc")
-    assert tags == '{ctid="7",resource="numproc"}'
+    tags = labels_of(label("ctid", "7"), label("resource", 'a"b'))
+    assert tags == labels(ctid="7", resource='a"b') == '{ctid="7",resource="a\\"b"}'
     held, limit = Family("ctfs_held", GAUGE, "h"), Family("ctfs_limit", GAUGE, "l")
-    held.add_labelled(3, tags)
-    limit.add_labelled(40, tags)
+    held.labels, held.values = [tags], [3]
+    limit.labels, limit.values = [tags], [40]
     text = render([held, limit])
-    assert 'ctfs_held{ctid="7",resource="numproc"} 3\n' in text
-    assert 'ctfs_limit{ctid="7",resource="numproc"} 40\n' in text
-    assert labels() == ""
+    assert f"ctfs_held{tags} 3\n" in text
+    assert f"ctfs_limit{tags} 40\n" in text
+    assert labels() == labels_of() == ""
