@@ -60,6 +60,10 @@ async def set_limits(ct: Container, changes: dict[str, tuple[int, int]]) -> None
         },
         f"limits: {summary}",
     )
+    if ct.state is State.RUNNING:
+        # A limit set under what is held is above it now: say so at once, since
+        # the sampler does not watch what the kernel keeps within its limit.
+        await _read([(ct, beancounters.needed_for(changes))])
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,8 @@ async def sample(containers: Sequence[Container], in_full: Collection[Container]
         if ct in in_full:
             plans.append((ct, ROWS))
             continue
-        resources = beancounters.watched(beancounters.limits_of(ct.settings), ct.usage.crossed)
+        limits = beancounters.limits_of(ct.settings)
+        resources = beancounters.watched(limits, ct.usage.crossed, enforced(ct))
         if resources:
             plans.append((ct, beancounters.needed_for(resources)))
     await _read(plans)

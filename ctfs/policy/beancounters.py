@@ -233,16 +233,27 @@ def needed_for(resources: Iterable[str]) -> frozenset[Counted]:
     return frozenset().union(*(SOURCES[name] for name in resources))
 
 
-def watched(limits: Mapping[str, tuple[int, int]], crossed: Iterable[str]) -> set[str]:
-    """The resources whose crossings can change: those with a barrier or a limit (a
-    barrier of 0 is none), and those above one now (its bound may have been lifted).
-    An unlimited resource is never above anything, so it needs no watching."""
-    found = {
-        name
-        for name, (barrier, limit) in limits.items()
-        if limit < UNLIMITED or 0 < barrier < UNLIMITED
-    }
-    return found | set(crossed)
+# Resources whose held the kernel keeps at or below the limit it enforces
+# (pids.max, memory.limit_in_bytes).  Only a barrier below that limit can be
+# crossed, or a limit lowered under what is held, which is looked at when set.
+_KEPT_WITHIN_LIMIT = frozenset({"numproc", "physpages"})
+
+
+def watched(
+    limits: Mapping[str, tuple[int, int]], crossed: Iterable[str], enforced: frozenset[str]
+) -> set[str]:
+    """The resources whose crossings can change by themselves: those with a bound
+    that held can go above (a barrier of 0 is none; the kernel keeps an enforced
+    numproc and physpages within their limits), and those above one now (its bound
+    may have been lifted).  An unlimited resource is never above anything."""
+    found = set(crossed)
+    for name, (barrier, limit) in limits.items():
+        if name in _KEPT_WITHIN_LIMIT and name in enforced:
+            if 0 < barrier < limit:
+                found.add(name)
+        elif limit < UNLIMITED or 0 < barrier < UNLIMITED:
+            found.add(name)
+    return found
 
 
 def held_now(

@@ -32,17 +32,26 @@ def quiet_sampler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(host_module, "BEANCOUNTER_SAMPLE_S", 3600.0)
 
 
+async def _running_with(host: Host, limits: dict[str, tuple[int, int]]) -> Container:
+    """A container started with ``limits`` already set, so that nothing has read them."""
+    ct = await host.create(str(next(_ctids)))
+    await resources.set_limits(ct, limits)
+    await state.request(ct, "running")
+    return ct
+
+
 @pytest.mark.usefixtures("quiet_sampler")
 def test_a_sample_reads_only_what_has_a_bound_and_notes_its_crossing(run: Run) -> None:
     async def scenario(host: Host) -> None:
-        ct = await _running(host)
-        await resources.sample([ct], in_full=())
-        assert ct.usage.maxheld == {}  # nothing bounded: nothing read
-        await resources.set_limits(ct, {"numfile": (2, 3)})  # init alone holds more
+        unbounded = await _running(host)
+        await resources.sample([unbounded], in_full=())
+        assert unbounded.usage.maxheld == {}  # nothing bounded: nothing read
+        ct = await _running_with(host, {"numfile": (2, 3)})  # init alone holds more
+        assert ct.usage.maxheld == {}
         await resources.sample([ct], in_full=())
         assert ct.usage.maxheld["numfile"] > 3
         assert ct.usage.crossed == {"numfile": "limit"}
-        assert "numfile: held" in ct.events.render()
+        assert "above its limit 3 (accounted only)" in ct.events.render()
         assert "numtcpsock" not in ct.usage.maxheld  # needs the namespace: not read
         await resources.sample([ct], in_full=[ct])
         assert "numtcpsock" in ct.usage.maxheld
@@ -51,15 +60,37 @@ def test_a_sample_reads_only_what_has_a_bound_and_notes_its_crossing(run: Run) -
 
 
 @pytest.mark.usefixtures("quiet_sampler")
-def test_a_bound_lifted_while_above_it_is_seen_back_within(run: Run) -> None:
+def test_a_limit_the_kernel_keeps_is_watched_only_below_a_barrier(run: Run) -> None:
+    async def scenario(host: Host) -> None:
+        kept = await _running_with(host, {"numproc": (100, 100), "physpages": (0, 2**20)})
+        await resources.sample([kept], in_full=())
+        assert kept.usage.maxheld == {}  # the kernel keeps both within their limits
+        ct = await _running_with(host, {"numproc": (1, 100)})
+        await resources.sample([ct], in_full=())
+        assert ct.usage.crossed == {"numproc": "barrier"}
+
+    run(scenario)
+
+
+@pytest.mark.usefixtures("quiet_sampler")
+def test_a_limit_set_under_what_is_held_is_noticed_at_once(run: Run) -> None:
     async def scenario(host: Host) -> None:
         ct = await _running(host)
-        await resources.set_limits(ct, {"numfile": (2, 3)})
+        await resources.set_limits(ct, {"numproc": (1, 1)})  # init and syslogd run
+        assert ct.usage.crossed == {"numproc": "limit"}
+        assert "above its limit 1 (enforced by the kernel)" in ct.events.render()
+
+    run(scenario)
+
+
+@pytest.mark.usefixtures("quiet_sampler")
+def test_a_bound_lifted_while_above_it_is_seen_back_within(run: Run) -> None:
+    async def scenario(host: Host) -> None:
+        ct = await _running_with(host, {"numfile": (2, 3)})
         await resources.sample([ct], in_full=())
+        assert ct.usage.crossed == {"numfile": "limit"}
         await resources.set_limits(ct, {"numfile": (UNLIMITED, UNLIMITED)})
-        await resources.sample([ct], in_full=())
         assert ct.usage.crossed == {}
-        assert "numfile: held" in ct.events.render().splitlines()[-1]
         assert "back within" in ct.events.render().splitlines()[-1]
 
     run(scenario)
@@ -71,8 +102,7 @@ def test_the_hosts_sampler_notices_a_crossing_nobody_reads(
     monkeypatch.setattr(host_module, "BEANCOUNTER_SAMPLE_S", 0.05)
 
     async def scenario(host: Host) -> None:
-        ct = await _running(host)
-        await resources.set_limits(ct, {"numfile": (2, 3)})
+        ct = await _running_with(host, {"numfile": (2, 3)})
         with trio.fail_after(10):
             while "numfile" not in ct.usage.crossed:
                 await trio.sleep(0.05)

@@ -91,11 +91,23 @@ def test_limits_of_defaults_to_unlimited_and_reads_ctid_conf() -> None:
 
 
 def test_only_a_resource_with_a_bound_or_above_one_is_watched() -> None:
-    limits = ubc.limits_of({"NUMPROC": "100:120", "PHYSPAGES": "0:unlimited", "NUMFILE": "0:500"})
-    assert ubc.watched(limits, crossed=[]) == {"numproc", "numfile"}
+    limits = ubc.limits_of(
+        {"NUMTCPSOCK": "100:120", "PRIVVMPAGES": "0:unlimited", "NUMFILE": "0:5"}
+    )
+    assert ubc.watched(limits, crossed=[], enforced=frozenset()) == {"numtcpsock", "numfile"}
     # A bound lifted while above it: watched until it is seen back within.
-    assert ubc.watched(ubc.limits_of({}), crossed=["numtcpsock"]) == {"numtcpsock"}
-    assert ubc.watched(ubc.limits_of({}), crossed=[]) == set()
+    assert ubc.watched(ubc.limits_of({}), ["numtcpsock"], frozenset()) == {"numtcpsock"}
+    assert ubc.watched(ubc.limits_of({}), crossed=[], enforced=frozenset()) == set()
+
+
+def test_what_the_kernel_keeps_within_its_limit_is_watched_below_a_barrier_only() -> None:
+    kept = frozenset({"numproc", "physpages"})
+    limits = ubc.limits_of({"NUMPROC": "200:200", "PHYSPAGES": "0:1000"})
+    assert ubc.watched(limits, crossed=[], enforced=kept) == set()
+    assert ubc.watched(limits, crossed=[], enforced=frozenset()) == {"numproc", "physpages"}
+    soft = ubc.limits_of({"NUMPROC": "150:200", "PHYSPAGES": "500:1000"})
+    assert ubc.watched(soft, crossed=[], enforced=kept) == {"numproc", "physpages"}
+    assert ubc.watched(limits, crossed=["numproc"], enforced=kept) == {"numproc"}
 
 
 def test_every_resource_says_what_reading_it_takes() -> None:
