@@ -22,11 +22,16 @@ the CPU time of ctfsd (``utime + stime`` from ``/proc/<pid>/stat``, clock ticks 
 10 ms, so summed over all passes and divided) and of this reader
 (``getrusage``).  There are at least ``--passes`` passes (default 5) and at least
 ``--min-reads`` file reads per way (default 500), so small N get many passes.  The
-issue's target is a whole ``MOUNT/beancounters`` for 1000 containers in under 1 s.
+issue's targets, with 1000 containers running: ``MOUNT/beancounters`` and
+``MOUNT/metrics`` each read in under 0.5 s, and ctfsd idle under 3 % of one CPU.
 
-ctfsd also samples the beancounters of every running container by itself (it
-sleeps 5 s between samples); its CPU time over an idle ``--idle`` seconds (default
-20) with N running, measured before the reads, is shown as well.
+ctfsd also samples beancounters by itself every 5 s: the resources that have a
+barrier or a limit, and everything of one in twelve containers in turn.  Its CPU
+time over an idle ``--idle`` seconds (default 30, six samples) with N running,
+measured before the reads, is shown as well.  ``--limits LINES`` writes LINES,
+commas taken for newlines, to every container's ``limits`` file once it runs (for
+example ``"numproc 200,numfile 2048,physpages 0:256M"``), so that the sampler has
+bounds to watch.
 
 Containers are created and started ``--workers`` at a time (default 8).  Before
 each N the memory and time one container took so far are projected; when N would
@@ -39,6 +44,7 @@ Run it as root from the repository root::
 
     sudo .venv/bin/python -m bench.scrape [--counts 1,100,1000] [--passes N]
                                           [--min-reads N] [--idle SECONDS]
+                                          [--limits LINES]
 """
 
 from __future__ import annotations
@@ -70,7 +76,8 @@ from tests.ctfsd_harness import Ctfsd, write_errno
 
 FIRST_CTID = 1001
 TARGET_CTS = 1000
-TARGET_S = 1.0
+TARGET_S = 0.5  # MOUNT/beancounters and MOUNT/metrics each
+TARGET_IDLE = 0.03  # of one CPU
 SAMPLE_PERIOD_S = 5.0  # ctfs.model.host.BEANCOUNTER_SAMPLE_S
 EHASH_SYSCTLS = ("tcp_ehash_entries", "tcp_child_ehash_entries")
 # What ctfs reads per container besides the cgroup files, the part that grows with N
@@ -136,9 +143,10 @@ def mem_available() -> int:
 class Fleet:
     """The bench's containers: created, started, stopped and removed many at a time."""
 
-    def __init__(self, daemon: Ctfsd, workers: int) -> None:
+    def __init__(self, daemon: Ctfsd, workers: int, limits: str = "") -> None:
         self.daemon = daemon
         self.workers = workers
+        self.limits = limits  # written to every container's limits file once it runs
         self.made: list[int] = []  # mkdir'd (running or not)
         self.running: list[int] = []
         self.lock = threading.Lock()
@@ -155,6 +163,10 @@ class Fleet:
         status = write_errno(self.path(ctid) / "state", b"running")
         if status != 0:
             raise BenchError(f"starting CT {ctid}: {os.strerror(status)}")
+        if self.limits:
+            status = write_errno(self.path(ctid) / "limits", self.limits.encode())
+            if status != 0:
+                raise BenchError(f"limits of CT {ctid}: {os.strerror(status)}")
         with self.lock:
             self.running.append(ctid)
 
@@ -383,19 +395,25 @@ def print_summary(results: Sequence[Result]) -> None:
             f" {fmt_ms(net.median_ms()):>10} {idle:>11}"
         )
     at_target = [r for r in results if r.count >= TARGET_CTS]
-    if at_target:
-        r = at_target[0]
-        took = r.ways[1].median_ms() / MS
-        verdict = "MET" if took < TARGET_S else "NOT MET"
-        print(
-            f"\n  Target (issue): MOUNT/beancounters for {TARGET_CTS} containers in under"
-            f" {TARGET_S:g} s: {verdict} ({took:.2f} s median with {r.count} running)."
-        )
-    else:
+    if not at_target:
         most = max(r.count for r in results)
         print(
-            f"\n  Target (issue): MOUNT/beancounters for {TARGET_CTS} containers in under"
-            f" {TARGET_S:g} s: not measured (at most {most} containers were run)."
+            f"\n  Targets (issue): not measured (at most {most} containers were run,"
+            f" the targets are for {TARGET_CTS})."
+        )
+        return
+    r = at_target[0]
+    print(f"\n  Targets (issue), with {r.count} running:")
+    for way, name in ((r.ways[1], "MOUNT/beancounters"), (r.ways[3], "MOUNT/metrics")):
+        took = way.median_ms() / MS
+        verdict = "MET" if took < TARGET_S else "NOT MET"
+        print(f"    {name} in under {TARGET_S:g} s: {verdict} ({took:.2f} s median)")
+    if r.idle_s:
+        share = r.idle_cpu_s / r.idle_s
+        verdict = "MET" if share < TARGET_IDLE else "NOT MET"
+        print(
+            f"    ctfsd idle under {TARGET_IDLE:.0%} of one CPU: {verdict}"
+            f" ({100 * share:.2f} % over {r.idle_s:g} s)"
         )
 
 
@@ -428,7 +446,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--min-reads", type=int, default=500, help="least file reads per way (default 500)"
     )
     parser.add_argument(
-        "--idle", type=float, default=20.0, help="idle window for ctfsd's CPU (default 20 s)"
+        "--idle", type=float, default=30.0, help="idle window for ctfsd's CPU (default 30 s)"
+    )
+    parser.add_argument(
+        "--limits",
+        default="",
+        help="limits of every container, lines joined by commas (default: all unlimited)",
     )
     parser.add_argument(
         "--workers", type=int, default=8, help="containers started at once (default 8)"
@@ -484,7 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     daemon = Ctfsd()
-    fleet = Fleet(daemon, args.workers)
+    fleet = Fleet(daemon, args.workers, args.limits.replace(",", "\n"))
+    if args.limits:
+        print(f"limits of every container: {args.limits!r}")
     results: list[Result] = []
     try:
         daemon.start()
@@ -535,8 +560,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "    shared and sized by the host's memory, so each read costs the same however few\n"
         "    sockets the container has.\n"
         f"    Here {ehash}.\n"
-        f"  - ctfsd's own sampler sleeps {SAMPLE_PERIOD_S:g} s between samples and each sample\n"
-        "    does the work of one MOUNT/beancounters read; it runs during the reads as well."
+        f"  - ctfsd's own sampler reads every {SAMPLE_PERIOD_S:g} s the resources that have a\n"
+        "    barrier or a limit, and everything of one in twelve containers in turn; it runs\n"
+        "    during the reads as well."
     )
     return 0
 
