@@ -145,8 +145,11 @@ def procs(top: str) -> list[int]:
         directory = pending.pop()
         try:
             found.extend(int(word) for word in _read_all(f"{directory}/cgroup.procs").split())
-            with os.scandir(directory) as entries:
-                pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+            # A directory's link count is 2 and one per directory in it (kernfs keeps
+            # it so): a stat, 3 us, spares most containers the scandir, 10 us.
+            if os.stat(directory).st_nlink > 2:
+                with os.scandir(directory) as entries:
+                    pending.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
         except OSError as exc:
             if exc.errno not in _GONE:
                 raise

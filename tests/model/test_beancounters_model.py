@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import trio
@@ -124,5 +125,24 @@ def test_a_reading_of_some_groups_leaves_the_others_at_zero(run: Run) -> None:
         pids = cgroups.pids(ct.ctid)
         files = processes.count(pids, ct.init_pid, {}, frozenset({Counted.PROCESSES}))
         assert files.files > 0 and files.private_pages > 0 and files.ptys == 0
+
+    run(scenario)
+
+
+def test_the_processes_in_cgroups_below_are_the_containers_too(run: Run) -> None:
+    async def scenario(host: Host) -> None:
+        ct = await _running(host)
+        top = Path(f"/sys/fs/cgroup/pids/{host.backends.cgroups.parent}/{ct.ctid}")
+        below = top / "below" / "deeper"
+        below.mkdir(parents=True)
+        try:
+            (below / "cgroup.procs").write_text(str(ct.init_pid))
+            assert ct.init_pid in host.backends.cgroups.pids(ct.ctid)
+            assert len(host.backends.cgroups.pids(ct.ctid)) == len(ct.pids())
+        finally:
+            (top / "cgroup.procs").write_text(str(ct.init_pid))
+            below.rmdir()
+            below.parent.rmdir()
+        assert ct.init_pid in host.backends.cgroups.pids(ct.ctid)
 
     run(scenario)
