@@ -20,7 +20,7 @@ def attributes(ino: int, place: Place, now_ns: int, size: int = 0) -> pyfuse3.En
     """What stat() shows of the node at ``place``, inode ``ino``.
 
     A text file's ``size`` is the length of its text when it was last opened (0
-    before), rounded up to whole pages: see ``CtfsOperations._stretch``.  Rounded,
+    before), rounded up to whole pages: see ``ctfs.fs.sizes``.  Rounded,
     so that it stays the same while the text changes a little: CRIU refuses to
     restore a process whose open file changed size since the dump.
     """

@@ -13,20 +13,21 @@ import errno
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyfuse3
 import trio
 
-from ctfs.errors import CtfsError, busy, not_permitted
+from ctfs.errors import CtfsError, not_permitted
 from ctfs.files import ControlFile, DataFile, Directory, HostFile
 from ctfs.fs import commands
 from ctfs.fs.attributes import attributes
 from ctfs.fs.boundary import boundary as _boundary
 from ctfs.fs.boundary import refusal as _refusal
+from ctfs.fs.handles import OpenFile, Writers
 from ctfs.fs.inodes import ROOT_INODE, Inodes, inode_of_handle
 from ctfs.fs.places import Path, Place, child, every_path, listing, resolve, visible
+from ctfs.fs.sizes import Sizes
 from ctfs.model.caller import HOST, Caller, identify
 from ctfs.model.container import Container
 from ctfs.model.dump_upload import Upload
@@ -34,23 +35,6 @@ from ctfs.model.host import Host
 from ctfs.policy import delegation
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class OpenFile:
-    """One open(): the text rendered then, served unchanged to every read.
-
-    For a data file: ``fd`` to read from, or ``upload`` being written.
-    """
-
-    place: Place
-    caller: Caller
-    data: bytes = b""
-    command: commands.Command = field(default_factory=commands.Command)
-    # Holds the one-writer claim on an exclusive file (see ``CtfsOperations._claim``).
-    claim: tuple[int, str] | None = None
-    fd: int | None = None
-    upload: Upload | None = None
 
 
 class CtfsOperations(pyfuse3.Operations):
@@ -62,10 +46,9 @@ class CtfsOperations(pyfuse3.Operations):
         super().__init__()
         self.host = host
         self._inodes = Inodes()
-        # The length of each text file's text when it was last opened (see _stretch).
-        self._sizes: dict[int, int] = {}
+        self._sizes = Sizes()
         self._handles: dict[int, OpenFile] = {}
-        self._writers: dict[tuple[int, str], int] = {}
+        self._writers = Writers()
         self._now_ns = time.time_ns()
         host.ctx.open_inside = self._open_inside
 
@@ -91,7 +74,9 @@ class CtfsOperations(pyfuse3.Operations):
         return identify(self.host.backends, ctx.pid)
 
     def _attrs(self, ino: int, place: Place) -> pyfuse3.EntryAttributes:
-        return attributes(ino, place, self._now_ns, self._sizes.get(ino, 0))
+        attr = attributes(ino, place, self._now_ns, self._sizes.last_text(ino))
+        self._sizes.told(ino, attr.st_size)
+        return attr
 
     # ------------------------------------------------------ lookups, dirs
 
@@ -258,7 +243,7 @@ class CtfsOperations(pyfuse3.Operations):
             raise _refusal(
                 place, name, not_permitted(f"writing is not allowed from {caller.describe()}")
             )
-        handle = OpenFile(place, caller)
+        handle = OpenFile(place, caller, inode)
         fh = self._inodes.handle(inode, self._handles)
         if isinstance(node, DataFile):
             assert place.container is not None
@@ -268,9 +253,9 @@ class CtfsOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EACCES)
             if flags & os.O_ACCMODE != os.O_WRONLY:
                 handle.data = (await self._render(place, caller)).encode()
-                self._stretch(inode, handle.data, flags)
+                await self._sizes.opened(inode, handle.data, flags)
             if wants_write and isinstance(node, ControlFile) and node.exclusive:
-                self._claim(fh, handle)
+                self._writers.claim(fh, handle)
         return self._file_info(handle, fh)
 
     @staticmethod
@@ -285,22 +270,6 @@ class CtfsOperations(pyfuse3.Operations):
 
     def _open_inside(self, ctid: int) -> int:
         return sum(1 for h in self._handles.values() if h.caller.ctid == ctid)
-
-    def _stretch(self, inode: int, data: bytes, flags: int) -> None:
-        """Make the kernel's idea of the file's size cover ``data``.
-
-        Reads come from the handle (direct I/O), whatever the size says; but
-        sendfile() and splice() (busybox's cat, cp's copy_file_range fallback) go
-        through the page cache, which ends at the size the kernel holds: with 0
-        they read nothing.  Storing the last byte there grows that size to the
-        text's; the page cache is dropped when the open completes, and the first
-        page read, short, brings the size down to the text's exactly.  (Only for
-        read-only opens: a truncating open holds the inode, which the store needs.)
-        """
-        self._sizes[inode] = len(data)
-        if data and flags & os.O_ACCMODE == os.O_RDONLY:
-            with contextlib.suppress(OSError):
-                pyfuse3.notify_store(inode, len(data) - 1, data[-1:])
 
     def _file_info(self, handle: OpenFile, fh: int) -> Any:
         """Register ``handle``; every file is read with direct I/O, as in procfs: every
@@ -337,7 +306,7 @@ class CtfsOperations(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if handle is None:
             place = self._place(inode_of_handle(fh))
-            handle = OpenFile(place, HOST)
+            handle = OpenFile(place, HOST, inode_of_handle(fh))
             node = place.node
             if isinstance(node, DataFile):
                 assert place.container is not None
@@ -352,7 +321,9 @@ class CtfsOperations(pyfuse3.Operations):
         handle = await self._handle(fh)
         if handle.fd is not None:
             return await trio.to_thread.run_sync(os.pread, handle.fd, size, off)
-        return handle.data[off : off + size]
+        data = handle.data[off : off + size]
+        self._sizes.read(handle.inode, off, size, len(data))
+        return data
 
     @_boundary
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -364,39 +335,9 @@ class CtfsOperations(pyfuse3.Operations):
         node, container = handle.place.node, handle.place.container
         assert isinstance(node, ControlFile) and container is not None
         if node.exclusive and handle.claim is None:
-            self._claim(fh, handle)  # written again after a flush
+            self._writers.claim(fh, handle)  # written again after a flush
         await commands.write(handle.command, node, container, handle.caller, off, buf)
         return len(buf)
-
-    def _claim(self, fh: int, handle: OpenFile) -> None:
-        """Let one open file at a time write an exclusive file, or raise EBUSY.
-
-        The kernel serialises writes to one inode, so two writers of ``state`` never
-        reach ctfs at the same time: the second would wait out the first change and
-        then act on a state it did not see.  Concurrent writers are told apart at
-        open() instead, which the kernel does not serialise.
-        """
-        container, node = handle.place.container, handle.place.node
-        assert container is not None and isinstance(node, ControlFile)
-        name = node.name
-        key = (container.ctid, name)
-        holder = self._writers.get(key)
-        if holder is not None and holder != fh:
-            container.events.record(
-                f"{name}: refused a second writer while one is under way", logging.WARNING
-            )
-            error = busy(f"{name} is being written by another process")
-            error.recorded = True
-            raise error
-        self._writers[key] = fh
-        handle.claim = key
-
-    def _unclaim(self, fh: int) -> None:
-        handle = self._handles.get(fh)
-        if handle is not None and handle.claim is not None:
-            if self._writers.get(handle.claim) == fh:
-                del self._writers[handle.claim]
-            handle.claim = None
 
     @_boundary
     async def flush(self, fh: int) -> None:
@@ -414,7 +355,7 @@ class CtfsOperations(pyfuse3.Operations):
                 upload, handle.upload = handle.upload, None
                 await self._commit(handle, upload)
         finally:
-            self._unclaim(fh)
+            self._writers.unclaim(fh, self._handles.get(fh))
 
     async def _commit(self, handle: OpenFile, upload: Upload) -> None:
         node, container = handle.place.node, handle.place.container
@@ -430,7 +371,7 @@ class CtfsOperations(pyfuse3.Operations):
 
     @_boundary
     async def release(self, fh: int) -> None:
-        self._unclaim(fh)
+        self._writers.unclaim(fh, self._handles.get(fh))
         handle = self._handles.pop(fh, None)
         if handle is None:
             return

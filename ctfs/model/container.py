@@ -33,6 +33,7 @@ from ctfs.policy.beancounters import Counter, crossing
 log = logging.getLogger(__name__)
 
 CONF = "ctid.conf"
+REAP_POLL_S = 0.02
 DUMP = "dump"
 
 
@@ -223,14 +224,38 @@ def hostname_in(ctid: int, settings: Mapping[str, str]) -> str:
     return settings.get("HOSTNAME", f"ct{ctid}")
 
 
-def reap(pid: int) -> str:
-    """Collect ``pid`` if it is our child (ctfsd is a subreaper); describe how it ended."""
-    try:
-        _, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return "status unknown: it was adopted by an earlier ctfsd"
+async def reap(pid: int, patience: float = 5.0) -> str:
+    """Collect ``pid``, which has ended or is about to; describe how it ended.
+
+    ctfsd is a subreaper: a process whose parent ends becomes its child.  One that
+    is still another's (init's helper, a CRIU on its way out) is waited for until it
+    is handed over, ``patience`` seconds at most; one adopted by an earlier ctfsd
+    is not ours to collect.
+    """
+    done, status = 0, 0
+    with trio.move_on_after(patience):
+        while True:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                if not _exists(pid):
+                    return "status unknown: it was adopted by an earlier ctfsd"
+                done = 0
+            if done:
+                break
+            await trio.sleep(REAP_POLL_S)
+    if not done:
+        return f"status unknown: not handed to ctfsd within {patience:g} s"
     if os.WIFSIGNALED(status):
         return f"killed by signal {os.WTERMSIG(status)}"
     if os.WIFEXITED(status):
         return f"exit status {os.WEXITSTATUS(status)}"
     return "status unknown"
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -86,7 +86,7 @@ async def start(ct: Container) -> None:
         # Whatever the launcher got to run is in the cgroup: end it all.
         await trio.to_thread.run_sync(cgroups.kill_all, ct.ctid)
         if reply.orphan is not None:
-            await _reap_orphan(reply.orphan)
+            await reap(reply.orphan)
         await clean_up_cgroups(ct)
         await remove_network(ct)
         raise kernel_failed(f"start failed: {reply.error or 'no reason given'}")
@@ -101,31 +101,6 @@ async def start(ct: Container) -> None:
             ct.events.record(f"cannot save ctid.conf: {exc}", logging.ERROR)
     ms = (time.monotonic() - began) * 1000
     ct.events.record(f"started: init is PID {reply.pid} on the host ({ms:.0f} ms)")
-
-
-async def _reap_orphan(pid: int) -> None:
-    """Collect a failed start's process, reparented to ctfsd (its subreaper)."""
-    with trio.move_on_after(5):
-        while True:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                # Not ours: gone, or still its parent's (which, exiting, hands it to
-                # ctfsd, the subreaper); only the second is worth waiting for.
-                if not _exists(pid):
-                    return
-                done = 0
-            if done:
-                return
-            await trio.sleep(POLL_S)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def prepare_cgroups(ct: Container) -> None:
@@ -179,7 +154,7 @@ def rediscover(ct: Container) -> None:
 async def watch(ct: Container, init: InitProcess) -> None:
     """Wait for init to exit; clean up if nobody asked for it."""
     await trio.lowlevel.wait_readable(init.pidfd)
-    status = reap(init.pid)
+    status = await reap(init.pid)
     init.exited.set()
     if ct.changing_now:
         return  # a stop in progress does the cleaning up

@@ -256,4 +256,6 @@ def test_a_failed_start_leaves_no_zombie_behind(ctfsd: Ctfsd, container: Path) -
         for child in psutil.Process(ctfsd.proc.pid).children()
         if child.status() == psutil.STATUS_ZOMBIE
     ]
-    assert zombies == []
+    names = {pid: Path(f"/proc/{pid}/status").read_text() for pid in zombies}
+    log = [line for line in ctfsd.log_text().splitlines() if any(str(p) in line for p in zombies)]
+    assert zombies == [], (names, log)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +191,19 @@ def test_a_delegated_nameserver_cannot_inherit_the_hosts(private: Path) -> None:
     assert done.returncode != 0 and "not permitted" in done.stderr
     _inside(private, f"echo 198.18.0.53 > /ctfs/{private.name}/nameserver")
     assert (private / "nameserver").read_text() == "198.18.0.53\n"
+
+
+def test_concurrent_sendfile_readers_never_stall_ctfsd(private: Path) -> None:
+    # busybox's cat reads with sendfile: page reads of a file hold its page lock
+    # while ctfsd serves them, and ctfsd must never wait for that lock itself.
+    loop = "while :; do cat /proc/uptime /proc/meminfo > /dev/null; done"
+    for _ in range(6):
+        _inside(private, f"setsid sh -c '{loop}' > /dev/null 2>&1 < /dev/null &")
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        done = subprocess.run(
+            ["timeout", "-s", "KILL", "5", "cat", str(private / "proc" / "uptime")],
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode == 0, "ctfsd stopped answering"
