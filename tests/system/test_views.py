@@ -207,3 +207,8 @@ def test_concurrent_sendfile_readers_never_stall_ctfsd(private: Path) -> None:
             check=False,
         )
         assert done.returncode == 0, "ctfsd stopped answering"
+
+
+def test_sysinfo_uptime_inside_counts_from_the_start(private: Path) -> None:
+    # busybox's uptime asks sysinfo(2): the container's time namespace answers.
+    assert " up 0 min," in _inside(private, "uptime")
