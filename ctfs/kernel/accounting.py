@@ -79,26 +79,29 @@ def _fds(pid: int) -> tuple[int, int]:
 
 
 def _processes(pids: Iterable[int]) -> dict[str, int]:
-    """ProcessCounts' per-process figures, summed over ``pids``."""
-    files = sockets = signals = locked_kb = private_kb = 0
+    """ProcessCounts' figures from /proc/<pid>/status, summed over ``pids``."""
+    signals = locked_kb = private_kb = 0
     for pid in pids:
         status = dict(_STATUS.findall(_read(f"/proc/{pid}/status")))
-        if not status:
-            continue  # gone
         locked_kb += int(status.get(b"VmLck", 0))
         private_kb += int(status.get(b"VmData", 0)) + int(status.get(b"VmStk", 0))
         for key in (b"SigPnd", b"ShdPnd"):
             signals += int(status.get(key, b"0"), 16).bit_count()
-        f, s = _fds(pid)
-        files += f
-        sockets += s
     return {
-        "files": files,
-        "sockets": sockets,
         "pending_signals": signals,
         "locked_pages": locked_kb // PAGE_KB,
         "private_pages": private_kb // PAGE_KB,
     }
+
+
+def _open_files(pids: Iterable[int]) -> dict[str, int]:
+    """Open files of ``pids``, and sockets among them."""
+    files = sockets = 0
+    for pid in pids:
+        f, s = _fds(pid)
+        files += f
+        sockets += s
+    return {"files": files, "sockets": sockets}
 
 
 def _in_use(init_pid: int, table: str) -> dict[bytes, int]:
@@ -179,6 +182,8 @@ def count(
     found: dict[str, int] = {}
     if Counted.PROCESSES in wanted:
         found.update(_processes(pids))
+    if Counted.OPEN_FILES in wanted:
+        found.update(_open_files(pids))
     if Counted.FILE_LOCKS in wanted:
         found["file_locks"] = sum(locks.get(pid, 0) for pid in pids)
     if init_pid is not None and not wanted.isdisjoint(_NET):

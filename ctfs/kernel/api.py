@@ -63,7 +63,8 @@ class Counted(enum.Enum):
     SHARED_MEMORY = "shmem"
     TASKS = "tasks"  # tasks, their peak and refused forks
     CPU = "cpu"  # CPU time
-    PROCESSES = "processes"  # per process: open files, sockets, signals, locked/private memory
+    PROCESSES = "processes"  # per process: pending signals, locked and private memory
+    OPEN_FILES = "open_files"  # per process: open files, and sockets among them
     FILE_LOCKS = "file_locks"
     TCP_SOCKETS = "tcp_sockets"
     UDP_QUEUES = "udp_queues"

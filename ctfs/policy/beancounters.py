@@ -225,9 +225,9 @@ SOURCES: dict[str, frozenset[Counted]] = {
         "tcprcvbuf": {Counted.TCP_BUFFERS},
         "othersockbuf": {Counted.UDP_QUEUES},
         "dgramrcvbuf": {Counted.UDP_QUEUES},
-        "numothersock": {Counted.PROCESSES, Counted.TCP_SOCKETS},
+        "numothersock": {Counted.OPEN_FILES, Counted.TCP_SOCKETS},
         "dcachesize": set(),
-        "numfile": {Counted.PROCESSES},
+        "numfile": {Counted.OPEN_FILES},
         "numiptent": {Counted.FIREWALL_RULES},
         "swappages": {Counted.MEMORY},
     }.items()

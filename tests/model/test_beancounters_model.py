@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -123,7 +126,8 @@ def test_a_reading_of_some_groups_leaves_the_others_at_zero(run: Run) -> None:
         assert everything.ram > 0 and everything.kmem > 0 and everything.cpu_ns > 0
         processes = host.backends.processes
         pids = cgroups.pids(ct.ctid)
-        files = processes.count(pids, ct.init_pid, {}, frozenset({Counted.PROCESSES}))
+        wanted = frozenset({Counted.PROCESSES, Counted.OPEN_FILES})
+        files = processes.count(pids, ct.init_pid, {}, wanted)
         assert files.files > 0 and files.private_pages > 0 and files.ptys == 0
 
     run(scenario)
@@ -146,3 +150,60 @@ def test_the_processes_in_cgroups_below_are_the_containers_too(run: Run) -> None
         assert ct.init_pid in host.backends.cgroups.pids(ct.ctid)
 
     run(scenario)
+
+
+def _numfile(ct: Container) -> Callable[[], Awaitable[int]]:
+    async def read() -> int:
+        return (await resources.counters([ct]))[ct.ctid]["numfile"].held
+
+    return read
+
+
+@pytest.mark.usefixtures("quiet_sampler")
+def test_descriptors_are_counted_again_once_a_process_ran(run: Run) -> None:
+    async def scenario(host: Host) -> None:
+        ct = await _running(host)
+        opener = subprocess.Popen(
+            [sys.executable, "-c", _OPENER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert opener.stdin is not None and opener.stdout is not None
+        try:
+            parent = host.backends.cgroups.parent
+            for hierarchy in ("pids", "cpuacct"):
+                procs = Path(f"/sys/fs/cgroup/{hierarchy}/{parent}/{ct.ctid}/cgroup.procs")
+                procs.write_text(str(opener.pid))
+            counted: list[frozenset[Counted]] = []
+            count = host.backends.processes.count
+
+            def spy(*args: Any) -> Any:
+                counted.append(args[3])
+                return count(*args)
+
+            host.backends.processes.count = spy  # type: ignore[method-assign,assignment]
+            numfile = _numfile(ct)
+            before = await numfile()
+            await trio.sleep(0.05)
+            assert await numfile() == before  # nothing ran: not scanned again
+            assert Counted.OPEN_FILES not in counted[-1]
+            opener.stdin.write("open\n")
+            opener.stdin.flush()
+            assert opener.stdout.readline() == "opened\n"
+            assert await numfile() == before + 5
+        finally:
+            opener.kill()
+            opener.wait()
+
+    run(scenario)
+
+
+# Waits for a line, opens five files, says so, and waits again.
+_OPENER = """
+import os, sys
+sys.stdin.readline()
+files = [os.open("/etc/hostname", os.O_RDONLY) for _ in range(5)]
+print("opened", flush=True)
+sys.stdin.readline()
+"""

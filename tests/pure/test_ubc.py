@@ -113,7 +113,7 @@ def test_what_the_kernel_keeps_within_its_limit_is_watched_below_a_barrier_only(
 def test_every_resource_says_what_reading_it_takes() -> None:
     assert set(ubc.SOURCES) == set(ubc.RESOURCES)
     assert ubc.needed_for(["numproc"]) == {Counted.TASKS}
-    assert ubc.needed_for(["numothersock", "numfile"]) == {Counted.PROCESSES, Counted.TCP_SOCKETS}
+    assert ubc.needed_for(["numothersock", "numfile"]) == {Counted.OPEN_FILES, Counted.TCP_SOCKETS}
     assert ubc.needed_for([]) == frozenset()
 
 
