@@ -255,7 +255,18 @@ async def serve(
             nursery.cancel_scope.cancel()
     finally:
         pyfuse3.close(unmount=False)  # libfuse mounted nothing; the keeper unmounts
+        running = host.running_count()
         host.close()
+    if ending.how == endings.STOP and running:
+        # Their views inside (/ctfs/CTID, /proc/meminfo...) are binds of this mount:
+        # unmounting would leave them failing with ENOTCONN until they restart.
+        log.info(
+            "%d containers run and see themselves through %s: the keeper keeps it for "
+            "the next ctfsd (stop the keeper to drop it: see ctfsd(8))",
+            running,
+            args.mountpoint,
+        )
+        return endings.KEEP
     return ending.how
 
 
@@ -296,6 +307,9 @@ def _end(
         # The keeper holds the mount: the next ctfsd started takes it over.
         log.error("cannot re-execute %s: %s", again[1][0], error)
         return EXIT_ERROR
+    if how == endings.KEEP:
+        held.leave()
+        return EXIT_OK
     if how == endings.STOP:
         if held.stop():
             log.info("unmounted %s; containers keep running", args.mountpoint)

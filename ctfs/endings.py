@@ -20,6 +20,8 @@ import trio
 log = logging.getLogger("ctfsd")
 
 STOP, UPGRADE, GONE = "stop", "upgrade", "gone"
+# A stop that leaves the mount to the keeper, for the running containers' views.
+KEEP = "keep"
 # How long an upgrade waits for the requests under way (a container stopping takes
 # up to --stop-timeout); what is still unanswered then is resent to the new ctfsd.
 UPGRADE_DRAIN_S = 30.0

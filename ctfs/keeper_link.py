@@ -69,6 +69,10 @@ class Held:
             self.link.close()
             _reap(self.keeper_pid)
 
+    def leave(self) -> None:
+        """Let go of the connection; the keeper keeps the mount for the next ctfsd."""
+        self.link.close()
+
     async def keeper_gone(self) -> None:
         """Return once the keeper's end of the link is closed (killed, or mount gone)."""
         while True:

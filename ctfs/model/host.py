@@ -64,6 +64,9 @@ class Host:
         nursery.start_soon(self._sample_beancounters_forever)
         nursery.start_soon(self._probe_checkpoints)
 
+    def running_count(self) -> int:
+        return sum(1 for ct in self.containers.values() if ct.state is State.RUNNING)
+
     def close(self) -> None:
         """Stop serving; running containers are left running."""
         self.backends.launcher.close()

@@ -247,6 +247,27 @@ def test_sigterm_unmounts_and_ends_the_keeper(restored: Ctfsd, mount: Path) -> N
     assert not paths.socket.exists() and not paths.pidfile.exists()
 
 
+def test_sigterm_leaves_the_mount_to_the_keeper_while_containers_run(
+    restored: Ctfsd, running: Path
+) -> None:
+    # Their views inside are binds of the mount: unmounting would break them for good.
+    keeper = restored.keeper_pid()
+    assert restored.terminate() == 0
+    assert _mounted(running.parent)
+    assert keeper is not None and not process_gone(keeper)
+    restored.start()
+    command = [str(CTFS), "--mount", str(running.parent), "exec", running.name, "--"]
+    inside = subprocess.run(
+        [*command, "cat", "/proc/uptime", f"/ctfs/{running.name}/state"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert inside.returncode == 0, inside.stderr
+    assert inside.stdout.endswith("running\n")
+
+
 def test_ending_the_keeper_while_no_ctfsd_runs_releases_the_readers(
     restored: Ctfsd, mount: Path
 ) -> None:
