@@ -360,6 +360,10 @@ class Processes(Protocol):
     def task_states(self, pids: Iterable[int]) -> TaskStates:
         """How many of ``pids`` run or wait to run, and how many are blocked."""
 
+    def will_be_ours(self, pid: int) -> bool:
+        """Whether ``pid``, not ctfsd's child, has a parent that descends from ctfsd:
+        when that parent ends, ctfsd (a subreaper) adopts it."""
+
     def started_at(self, pid: int) -> float | None:
         """When ``pid`` started, in seconds since the epoch; None if it is gone."""
 

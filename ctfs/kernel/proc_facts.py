@@ -87,3 +87,19 @@ def cpuinfo() -> str:
         with open("/proc/cpuinfo") as f:
             _CPUINFO = f.read()
     return _CPUINFO
+
+
+def parent_of(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields is not None else None
+
+
+def under(pid: int, ancestor: int) -> bool:
+    """Whether ``ancestor`` is an ancestor of ``pid`` now (its parent's parent...)."""
+    seen = 0
+    parent = parent_of(pid)
+    while parent is not None and parent > 1 and seen < 64:
+        if parent == ancestor:
+            return True
+        parent, seen = parent_of(parent), seen + 1
+    return parent == ancestor

@@ -43,6 +43,10 @@ class HostProcesses:
     def started_at(self, pid: int) -> float | None:
         return proc_facts.started_at(pid)
 
+    def will_be_ours(self, pid: int) -> bool:
+        parent = proc_facts.parent_of(pid)
+        return parent is not None and proc_facts.under(parent, os.getpid())
+
     def host_memory(self) -> tuple[int, int]:
         return proc_facts.host_memory()
 

@@ -24,7 +24,7 @@ import trio
 
 from ctfs import conffile
 from ctfs.errors import busy
-from ctfs.kernel.api import Backends, IPAddress
+from ctfs.kernel.api import Backends, IPAddress, Processes
 from ctfs.model.context import Context
 from ctfs.model.events import EventLog
 from ctfs.policy import netaddr
@@ -224,13 +224,13 @@ def hostname_in(ctid: int, settings: Mapping[str, str]) -> str:
     return settings.get("HOSTNAME", f"ct{ctid}")
 
 
-async def reap(pid: int, patience: float = 5.0) -> str:
+async def reap(processes: Processes, pid: int, patience: float = 5.0) -> str:
     """Collect ``pid``, which has ended or is about to; describe how it ended.
 
-    ctfsd is a subreaper: a process whose parent ends becomes its child.  One that
-    is still another's (init's helper, a CRIU on its way out) is waited for until it
-    is handed over, ``patience`` seconds at most; one adopted by an earlier ctfsd
-    is not ours to collect.
+    ctfsd is a subreaper: a process whose parent ends becomes its child.  One whose
+    parent descends from ctfsd (init's helper, a CRIU on its way out) is waited for
+    until it is handed over, ``patience`` seconds at most; one adopted by an
+    earlier ctfsd, or gone, is not ours to collect.
     """
     done, status = 0, 0
     with trio.move_on_after(patience):
@@ -238,7 +238,7 @@ async def reap(pid: int, patience: float = 5.0) -> str:
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                if not _exists(pid):
+                if not processes.will_be_ours(pid):
                     return "status unknown: it was adopted by an earlier ctfsd"
                 done = 0
             if done:
@@ -251,11 +251,3 @@ async def reap(pid: int, patience: float = 5.0) -> str:
     if os.WIFEXITED(status):
         return f"exit status {os.WEXITSTATUS(status)}"
     return "status unknown"
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True

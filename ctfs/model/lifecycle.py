@@ -86,7 +86,7 @@ async def start(ct: Container) -> None:
         # Whatever the launcher got to run is in the cgroup: end it all.
         await trio.to_thread.run_sync(cgroups.kill_all, ct.ctid)
         if reply.orphan is not None:
-            await reap(reply.orphan)
+            await reap(ct.backends.processes, reply.orphan)
         await clean_up_cgroups(ct)
         await remove_network(ct)
         raise kernel_failed(f"start failed: {reply.error or 'no reason given'}")
@@ -154,7 +154,7 @@ def rediscover(ct: Container) -> None:
 async def watch(ct: Container, init: InitProcess) -> None:
     """Wait for init to exit; clean up if nobody asked for it."""
     await trio.lowlevel.wait_readable(init.pidfd)
-    status = await reap(init.pid)
+    status = await reap(ct.backends.processes, init.pid)
     init.exited.set()
     if ct.changing_now:
         return  # a stop in progress does the cleaning up
