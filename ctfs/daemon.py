@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import logging
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -237,6 +239,11 @@ async def serve(
     try:
         async with trio.open_nursery() as nursery:
             host.start(nursery)
+            # What startup made lives as long as ctfsd: out of the collector's way, so
+            # that its full passes stay short (with 1000 containers a read of
+            # /ctfs/beancounters took 0.47 s at the median, 0.51-0.56 s at p90; full
+            # collections were the likely cause of the tail).
+            gc.freeze()
             log.info(
                 "ctfsd %s serving %s (state in %s, %d containers%s)",
                 __version__,
@@ -299,6 +306,14 @@ def _daemonize(log_file: Path) -> int:
     return write_end
 
 
+def _raise_file_limit() -> None:
+    """ctfsd holds a descriptor per running container (its init's pidfd), and more
+    while it reads them: systemd's default soft limit of 1024 would fail it near 1000
+    containers.  The hard limit is ours to take."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _end(
     how: str, held: keeper_link.Held, args: argparse.Namespace, again: tuple[str, list[str]]
 ) -> int:
@@ -340,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         os.chdir("/")
         # Orphaned container inits become our children, so we can reap them.
         libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+        _raise_file_limit()
         how = trio.run(serve, args, cgroups, held, ready)
     except StartupError as exc:
         print(f"ctfsd: {exc}", file=sys.stderr)
