@@ -329,11 +329,21 @@ _MEMORY_STAT = {
 
 
 def _keyed_file(path: Path, single: bool = False) -> dict[str, int]:
-    """A cgroup file of "key value" lines (``single``: one bare number, key "")."""
+    """A cgroup file of "key value" lines (``single``: one bare number, key "").
+
+    Read with plain os calls: Path.read_text cost 32 µs against 18 for memory.stat,
+    and a container's /proc/meminfo reads four of these files.
+    """
     try:
-        text = path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return {}
+    try:
+        text = os.read(fd, 65536).decode()
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
     if single:
         return {"": int(text.split()[0])} if text.split() else {}
     found = {}
