@@ -34,11 +34,11 @@ async def _online(ct: Container, caller: Caller) -> str:
 
 
 async def _uptime(ct: Container, caller: Caller) -> str:
-    return procviews.uptime(await views.reading(ct))
+    return procviews.uptime(await views.reading(ct, clock=True))
 
 
 async def _stat(ct: Container, caller: Caller) -> str:
-    return procviews.stat(await views.reading(ct, tasks=True), views.now())
+    return procviews.stat(await views.reading(ct, tasks=True, clock=True), views.now())
 
 
 async def _loadavg(ct: Container, caller: Caller) -> str:

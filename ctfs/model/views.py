@@ -93,8 +93,11 @@ def uptime(ct: Container) -> float:
     return carried_uptime(ct) + max(0.0, time.time() - started)
 
 
-async def reading(ct: Container, memory: bool = False, tasks: bool = False) -> Reading:
-    """What the views are rendered from; ``memory`` and ``tasks`` cost extra reads.
+async def reading(
+    ct: Container, memory: bool = False, tasks: bool = False, clock: bool = False
+) -> Reading:
+    """What the views are rendered from; ``memory``, ``tasks`` and ``clock`` (uptime
+    and CPU time) cost extra reads, so each view asks only for what it shows.
 
     Reads of cgroup files and /proc are answered from kernel memory (tens of µs), so
     they run on the trio loop: handing them to a thread would cost more.
@@ -124,8 +127,8 @@ async def reading(ct: Container, memory: bool = False, tasks: bool = False) -> R
         host_ram=host_ram,
         host_swap=host_swap,
         cpus=procviews.visible_cpus(cpu_set, wanted.cpu_cap()),
-        uptime=uptime(ct),
-        cpu=cgroups.cpu_time(ct.ctid) if running else CpuTime(),
+        uptime=uptime(ct) if clock else 0.0,
+        cpu=cgroups.cpu_time(ct.ctid) if clock and running else CpuTime(),
         tasks=states,
         load=ct.usage.load,
     )
