@@ -36,6 +36,9 @@ from ctfs.policy import delegation
 
 log = logging.getLogger(__name__)
 
+# How long a process's identity is kept (see CtfsOperations._caller).
+CALLER_TTL_S = 0.02
+
 
 class CtfsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
@@ -47,6 +50,7 @@ class CtfsOperations(pyfuse3.Operations):
         self.host = host
         self._inodes = Inodes()
         self._sizes = Sizes()
+        self._callers: dict[int, tuple[float, Caller]] = {}
         self._handles: dict[int, OpenFile] = {}
         self._writers = Writers()
         self._now_ns = time.time_ns()
@@ -71,7 +75,19 @@ class CtfsOperations(pyfuse3.Operations):
         return resolve(self.host, self._path(ino, caller))
 
     def _caller(self, ctx: Any) -> Caller:
-        return identify(self.host.backends, ctx.pid)
+        """Who sent the request.  One process's requests come in bursts (lookup, open,
+        getattr): its identity is kept for CALLER_TTL_S, far too short for its PID to
+        be freed and handed to another process meanwhile (that takes pid_max forks;
+        32768 here, 1.6 million a second to do it in time)."""
+        now = time.monotonic()
+        known = self._callers.get(ctx.pid)
+        if known is not None and now - known[0] < CALLER_TTL_S:
+            return known[1]
+        caller = identify(self.host.backends, ctx.pid)
+        if len(self._callers) > 4096:
+            self._callers.clear()
+        self._callers[ctx.pid] = (now, caller)
+        return caller
 
     def _attrs(self, ino: int, place: Place) -> pyfuse3.EntryAttributes:
         attr = attributes(ino, place, self._now_ns, self._sizes.last_text(ino))
