@@ -71,6 +71,8 @@ class Usage:
     # The load averages its views show, and when (monotonic seconds) they were due.
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_at: float = 0.0
+    # (init's PID, when it started): see ctfs.model.views.uptime.
+    init_started: tuple[int, float] | None = None
 
     def reset(self) -> None:
         self.maxheld.clear()
