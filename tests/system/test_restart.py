@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,9 +75,14 @@ class Readers:
 
     def end(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            _end(proc)
+
+
+def _end(proc: subprocess.Popen[Any]) -> None:
+    """End a process this test started, by its PID, if it still runs."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture
@@ -124,9 +130,7 @@ def test_a_reader_waiting_while_no_ctfsd_runs_gets_its_answer(restored: Ctfsd, m
         restored.start()
         out, _ = reader.communicate(timeout=10)
     finally:
-        if reader.poll() is None:
-            reader.kill()
-            reader.wait()
+        _end(reader)
     assert reader.returncode == 0
     assert out.startswith("ctfs ")
 
@@ -146,9 +150,7 @@ def test_a_request_under_way_when_ctfsd_is_killed_is_answered_by_the_next(
         restored.start()
         assert writer.wait(timeout=30) == 0
     finally:
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait()
+        _end(writer)
     assert (running / "state").read_text() == "stopped\n"
 
 
@@ -190,9 +192,7 @@ def test_a_reader_inside_a_container_sees_kills_as_pauses(restored: Ctfsd, runni
             restored.start()
         out, _ = inside.communicate(timeout=60)
     finally:
-        if inside.poll() is None:
-            inside.kill()
-            inside.wait()
+        _end(inside)
     assert inside.returncode == 0
     assert out.strip() == "fails=0"
 
@@ -227,9 +227,7 @@ def test_sighup_lets_a_request_under_way_finish_first(restored: Ctfsd, running: 
         restored.upgrade()
         assert writer.wait(timeout=30) == 0
     finally:
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait()
+        _end(writer)
     log = restored.log_text()
     # Answered by the ctfsd that took it, before it re-executed: not done twice.
     assert log.index(f"CT {running.name}: killed") < log.rindex("re-executing")
