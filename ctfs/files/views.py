@@ -24,6 +24,10 @@ async def _swaps(ct: Container, caller: Caller) -> str:
     return procviews.swaps(await views.reading(ct, memory=True))
 
 
+async def _diskstats(ct: Container, caller: Caller) -> str:
+    return procviews.diskstats(await views.reading(ct, disk=True))
+
+
 async def _cpuinfo(ct: Container, caller: Caller) -> str:
     reading = await views.reading(ct)
     return procviews.cpuinfo(ct.backends.processes.cpuinfo(), reading.cpus)
@@ -67,6 +71,7 @@ FILES = (
             ControlFile("uptime", _uptime),
             ControlFile("loadavg", _loadavg),
             ControlFile("swaps", _swaps),
+            ControlFile("diskstats", _diskstats),
             ControlFile("user_beancounters", own_beancounters),
             Directory("vz", (ControlFile("veinfo", _veinfo),)),
         ),

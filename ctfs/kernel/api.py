@@ -27,6 +27,8 @@ MemoryDetail = readings.MemoryDetail
 CpuTime = readings.CpuTime
 TaskStates = readings.TaskStates
 ProcessCounts = readings.ProcessCounts
+Disk = readings.Disk
+DiskIo = readings.DiskIo
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -143,6 +145,9 @@ class Cgroups(Protocol):
     def cpu_time(self, ctid: int) -> CpuTime:
         """The CPU time the container's tasks used since its cgroups were made."""
 
+    def disk_io(self, ctid: int, disk: Disk) -> DiskIo:
+        """What the container's tasks asked of ``disk`` since its cgroups were made."""
+
     def counters(self, ctid: int, wanted: frozenset[Counted] = EVERYTHING) -> KernelCounters:
         """Usage, peaks and refusal counts of the ``wanted`` groups (others are 0);
         zeros for a container with no cgroups."""
@@ -183,6 +188,9 @@ class Storage(Protocol):
 
     def update_etc_file(self, root: Path, name: str, render: Callable[[str], str]) -> bool:
         """Replace ``root/etc/name`` by ``render(old text)`` atomically; True if changed."""
+
+    def pool_disk(self) -> Disk | None:
+        """The block device the private areas live on; None if there is none."""
 
 
 @dataclass(frozen=True)

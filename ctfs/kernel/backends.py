@@ -19,7 +19,7 @@ def real(state_dir: Path, cgroups: Cgroups, uplink: str, criu: Path | None) -> B
     """Backends over this machine's kernel for a pool at ``state_dir``."""
     return Backends(
         cgroups=cgroups,
-        storage=BtrfsStorage(),
+        storage=BtrfsStorage(state_dir),
         templates=TemplateStore(state_dir),
         quota=BtrfsQuota(state_dir),
         network=Network(uplink),

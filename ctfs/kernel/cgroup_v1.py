@@ -22,6 +22,8 @@ from ctfs.kernel.api import (
     CpuCap,
     CpuTime,
     CriuCgroups,
+    Disk,
+    DiskIo,
     Enforceable,
     KernelCounters,
     MemoryDetail,
@@ -244,6 +246,23 @@ class CgroupsV1:
             **{field: stat.get(f"total_{key}", 0) for field, key in _MEMORY_STAT.items()},
         )
 
+    def disk_io(self, ctid: int, disk: Disk) -> DiskIo:
+        blkio = self._dir("blkio", ctid)
+        device = f"{disk.major}:{disk.minor}"
+        # BFQ counts every request of the cgroup; the throttling layer counts only
+        # where a throttle is set (its files read "Total 0" otherwise).
+        for kind in ("bfq", "throttle"):
+            done = _per_device(blkio / f"blkio.{kind}.io_serviced_recursive", device)
+            moved = _per_device(blkio / f"blkio.{kind}.io_service_bytes_recursive", device)
+            if done:
+                break
+        return DiskIo(
+            reads=done.get("Read", 0),
+            read_bytes=moved.get("Read", 0),
+            writes=done.get("Write", 0),
+            write_bytes=moved.get("Write", 0),
+        )
+
     def cpu_time(self, ctid: int) -> CpuTime:
         ticks = _keyed_file(self._dir("cpuacct", ctid) / "cpuacct.stat")
         return CpuTime(user=ticks.get("user", 0), system=ticks.get("system", 0))
@@ -351,4 +370,18 @@ def _keyed_file(path: Path, single: bool = False) -> dict[str, int]:
         key, _, value = line.partition(" ")
         if value.strip().isdigit():
             found[key] = int(value)
+    return found
+
+
+def _per_device(path: Path, device: str) -> dict[str, int]:
+    """One device's lines of a blkio file ("7:1 Read 4096"), by operation."""
+    try:
+        text = path.read_bytes().decode()
+    except OSError:
+        return {}
+    found = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == device and fields[2].isdigit():
+            found[fields[1]] = int(fields[2])
     return found

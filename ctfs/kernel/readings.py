@@ -109,3 +109,22 @@ class ProcessCounts:
     udp_send_bytes: int = 0
     udp_receive_bytes: int = 0
     firewall_rules: int = 0
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A block device: the one the containers' private areas live on."""
+
+    name: str
+    major: int
+    minor: int
+
+
+@dataclass(frozen=True)
+class DiskIo:
+    """What a container's tasks asked of one disk: requests and bytes, each way."""
+
+    reads: int = 0
+    read_bytes: int = 0
+    writes: int = 0
+    write_bytes: int = 0

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ctfs.kernel import etcfiles
-from ctfs.kernel.api import StorageError
+from ctfs.kernel.api import Disk, StorageError
 
 BTRFS_SUPER_MAGIC = 0x9123683E
 POOL_IMAGE = ".ctfs-pool.img"
@@ -144,6 +144,22 @@ def _is_subvolume(path: Path) -> bool:
 
 class BtrfsStorage:
     """The ``Storage`` backend: private areas as btrfs subvolumes of the pool."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._disk: Disk | None = None
+
+    def pool_disk(self) -> Disk | None:
+        if self._disk is None:  # the pool's device does not change while ctfsd runs
+            name = pool_device(self.state_dir)
+            if name is None:
+                return None
+            try:
+                number = os.stat(f"/dev/{name}").st_rdev
+            except OSError:
+                return None
+            self._disk = Disk(name, os.major(number), os.minor(number))
+        return self._disk
 
     def snapshot(self, source: Path, dest: Path) -> None:
         snapshot(source, dest)

@@ -14,7 +14,7 @@ import time
 
 import trio
 
-from ctfs.kernel.api import CpuTime, MemoryDetail, TaskStates
+from ctfs.kernel.api import CpuTime, DiskIo, MemoryDetail, TaskStates
 from ctfs.model.container import Container, State
 from ctfs.policy import beancounters, procviews
 from ctfs.policy.procviews import Reading
@@ -30,6 +30,7 @@ BOUND = (
     ("proc/uptime", "/proc/uptime"),
     ("proc/loadavg", "/proc/loadavg"),
     ("proc/swaps", "/proc/swaps"),
+    ("proc/diskstats", "/proc/diskstats"),
     ("sys/devices/system/cpu/online", "/sys/devices/system/cpu/online"),
 )
 UPTIME_KEY = "UPTIME_CARRIED"
@@ -101,7 +102,11 @@ def uptime(ct: Container) -> float:
 
 
 async def reading(
-    ct: Container, memory: bool = False, tasks: bool = False, clock: bool = False
+    ct: Container,
+    memory: bool = False,
+    tasks: bool = False,
+    clock: bool = False,
+    disk: bool = False,
 ) -> Reading:
     """What the views are rendered from; ``memory``, ``tasks`` and ``clock`` (uptime
     and CPU time) cost extra reads, so each view asks only for what it shows.
@@ -116,6 +121,7 @@ async def reading(
     wanted = Scheduling.from_settings(ct.settings)
     cpu_set = wanted.cpu_set(ct.ctid, _available_cpus(ct))
     states = TaskStates()
+    pool_disk = ct.backends.storage.pool_disk() if disk else None
     if tasks and running:
         pids = ct.pids()
         if len(pids) > _TASKS_ON_LOOP:
@@ -138,4 +144,6 @@ async def reading(
         cpu=cgroups.cpu_time(ct.ctid) if clock and running else CpuTime(),
         tasks=states,
         load=ct.usage.load,
+        disk=pool_disk,
+        io=cgroups.disk_io(ct.ctid, pool_disk) if pool_disk and running else DiskIo(),
     )

@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ctfs.kernel.api import CpuCap, CpuTime, MemoryDetail, TaskStates
+from ctfs.kernel.api import CpuCap, CpuTime, Disk, DiskIo, MemoryDetail, TaskStates
 
 USER_HZ = 100
 # The kernel's load average time constants: 1, 5 and 15 minutes.
@@ -43,6 +43,8 @@ class Reading:
     cpu: CpuTime = field(default_factory=CpuTime)
     tasks: TaskStates = field(default_factory=TaskStates)
     load: Load = (0.0, 0.0, 0.0)
+    disk: Disk | None = None  # the disk its private area lives on
+    io: DiskIo = field(default_factory=DiskIo)
 
 
 def visible_cpus(cpu_set: Sequence[int], cap: CpuCap) -> list[int]:
@@ -178,3 +180,14 @@ def loadavg(load: Load, tasks: TaskStates) -> str:
 def veinfo(ctid: int, processes: int, addresses: Sequence[str]) -> str:
     """The container's line of OpenVZ's /proc/vz/veinfo: CTID, class, processes, IPs."""
     return f"{ctid:>10} {0:>5} {processes:>5}" + "".join(f" {a:>15}" for a in addresses) + "\n"
+
+
+def diskstats(r: Reading) -> str:
+    """/proc/diskstats: one line, the disk its private area lives on, with what its
+    own tasks asked of it (requests and 512-byte sectors; times are not kept)."""
+    if r.disk is None:
+        return ""
+    d, io = r.disk, r.io
+    fields = [io.reads, 0, io.read_bytes // 512, 0, io.writes, 0, io.write_bytes // 512]
+    fields += [0] * 10
+    return f"{d.major:>4} {d.minor:>7} {d.name} " + " ".join(map(str, fields)) + "\n"

@@ -116,3 +116,18 @@ def test_loadavg_counts_its_reader_as_running() -> None:
 
 def test_veinfo_is_openvzs_line() -> None:
     assert procviews.veinfo(101, 7, ["198.18.0.2"]) == "       101     0     7      198.18.0.2\n"
+
+
+def test_diskstats_is_the_pool_disk_with_the_containers_own_io() -> None:
+    from ctfs.kernel.api import Disk, DiskIo
+
+    reading = _reading(disk=Disk("loop1", 7, 1), io=DiskIo(3, 4096, 5, 1 << 20))
+    fields = procviews.diskstats(reading).split()
+    assert fields[:3] == ["7", "1", "loop1"]
+    assert fields[3] == "3" and fields[5] == "8"  # reads, sectors read
+    assert fields[7] == "5" and fields[9] == "2048"  # writes, sectors written
+    assert len(fields) == 20
+
+
+def test_diskstats_is_empty_without_a_disk() -> None:
+    assert procviews.diskstats(_reading()) == ""

@@ -212,3 +212,10 @@ def test_concurrent_sendfile_readers_never_stall_ctfsd(private: Path) -> None:
 def test_sysinfo_uptime_inside_counts_from_the_start(private: Path) -> None:
     # busybox's uptime asks sysinfo(2): the container's time namespace answers.
     assert " up 0 min," in _inside(private, "uptime")
+
+
+def test_diskstats_inside_counts_its_own_writes(private: Path) -> None:
+    _inside(private, "dd if=/dev/zero of=/root/blob bs=1M count=4 oflag=direct 2>/dev/null")
+    fields = _inside(private, "cat /proc/diskstats").split()
+    assert len(fields) == 20
+    assert int(fields[9]) >= 4 * 2048  # sectors written, by its own tasks
