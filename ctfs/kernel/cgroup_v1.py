@@ -32,6 +32,8 @@ from ctfs.kernel.api import (
 from ctfs.policy.security import ALLOWED_DEVICES
 
 CGROUP_ROOT = Path(kernel.CGROUP_ROOT)
+# How long the list of CPUs for containers is kept (see available_cpus).
+CPUS_TTL_S = 1.0
 
 # The v1 controllers a container is placed in.  The named "systemd" hierarchy
 # and cgroup2 are left alone: they belong to the host's init.
@@ -72,6 +74,8 @@ class CgroupsV1:
                 f"cgroup v1 controllers not mounted under {root}: {', '.join(sorted(missing))}"
             )
         self.root = root
+        # The CPUs for containers, and when (monotonic seconds) they were read.
+        self._cpus: tuple[float, list[int]] = (-CPUS_TTL_S, [])
         memsw = (root / "memory" / "memory.memsw.limit_in_bytes").exists()
         self.enforces = frozenset(Enforceable) - (set() if memsw else {Enforceable.SWAP})
         self.hierarchies = self.controllers + [
@@ -199,7 +203,13 @@ class CgroupsV1:
             _write(freezer / "freezer.state", "THAWED")
 
     def available_cpus(self) -> list[int]:
-        return parse_cpu_list((self.root / "cpuset" / self.parent / "cpuset.cpus").read_text())
+        # They change only with the host's cpuset, and reading them was 5 % of
+        # ctfsd's time when a container read its /proc/uptime in a loop (py-spy).
+        now = time.monotonic()
+        if now - self._cpus[0] > CPUS_TTL_S:
+            path = self.root / "cpuset" / self.parent / "cpuset.cpus"
+            self._cpus = now, parse_cpu_list(path.read_text())
+        return list(self._cpus[1])
 
     def set_cpu_weight(self, ctid: int, weight: float) -> None:
         _write(self._dir("cpu", ctid) / "cpu.shares", str(cpu_shares(weight)))

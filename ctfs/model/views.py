@@ -61,21 +61,6 @@ def restore_views(ct: Container) -> tuple[tuple[str, str], ...]:
     return tuple((inside, source) for source, inside in launch_views(ct) or [])
 
 
-# The host's CPUs for containers, and when (monotonic seconds) they were read: they
-# change only when the host's cpuset does, and reading them was 5 % of ctfsd's time
-# when a container read its /proc/uptime in a loop (py-spy).
-_CPUS: tuple[float, list[int]] = (-1.0, [])
-_CPUS_TTL_S = 1.0
-
-
-def _available_cpus(ct: Container) -> list[int]:
-    global _CPUS
-    now = time.monotonic()
-    if now - _CPUS[0] > _CPUS_TTL_S:
-        _CPUS = now, ct.backends.cgroups.available_cpus()
-    return _CPUS[1]
-
-
 def carried_uptime(ct: Container) -> float:
     try:
         return max(0.0, float(ct.settings.get(UPTIME_KEY, "0")))
@@ -119,7 +104,7 @@ async def reading(
     limits = beancounters.memory_limits(beancounters.limits_of(ct.settings)) if memory else None
     host_ram, host_swap = processes.host_memory() if memory else (0, 0)
     wanted = Scheduling.from_settings(ct.settings)
-    cpu_set = wanted.cpu_set(ct.ctid, _available_cpus(ct))
+    cpu_set = wanted.cpu_set(ct.ctid, cgroups.available_cpus())
     states = TaskStates()
     pool_disk = ct.backends.storage.pool_disk() if disk else None
     if tasks and running:
