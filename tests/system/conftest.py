@@ -74,6 +74,18 @@ def container(ctfsd: Ctfsd, mount: Path, new_ctid: int) -> Iterator[Path]:
             path.rmdir()
 
 
+@pytest.fixture
+def stopped_neighbour(mount: Path, new_ctid: int) -> Iterator[Path]:
+    """A second container, never started, named apart from the test's own."""
+    path = mount / str(new_ctid + 5000)
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.rmdir()
+
+
 def _booted(container: Path) -> bool:
     """The busybox template has finished booting: init and syslogd, nothing else."""
     pids = (container / "procs").read_text().split()

@@ -3,11 +3,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,22 +35,11 @@ def limited(container: Path) -> Path:
     return _start(container, ("limits", limits), ("cpus", b"1"))
 
 
-@pytest.fixture
-def neighbour(mount: Path, new_ctid: int) -> Iterator[Path]:
-    path = mount / str(new_ctid + 5000)
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.rmdir()
-
-
 def test_its_own_directory_is_at_ctfs_ctid_inside(private: Path) -> None:
     assert _inside(private, f"cat /ctfs/{private.name}/state") == "running\n"
 
 
-def test_ctfs_inside_holds_only_its_own_directory(private: Path, neighbour: Path) -> None:
+def test_ctfs_inside_holds_only_its_own_directory(private: Path, stopped_neighbour: Path) -> None:
     assert _inside(private, "ls -a /ctfs").split() == [".", "..", private.name]
 
 
@@ -74,9 +61,9 @@ def test_a_write_from_inside_is_refused_with_eperm(private: Path) -> None:
     ],
 )
 def test_another_container_and_the_host_files_are_unreachable(
-    private: Path, neighbour: Path, path: str
+    private: Path, stopped_neighbour: Path, path: str
 ) -> None:
-    target = path.format(own=private.name, other=neighbour.name)
+    target = path.format(own=private.name, other=stopped_neighbour.name)
     assert ctfs_exec(private, "cat", target).returncode != 0
 
 

@@ -8,12 +8,8 @@ cgroup while it keeps the host's mounts.
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.ctfsd_harness import Ctfsd, write_errno
 
@@ -44,26 +40,15 @@ def _unplaced(container: Path, *command: str) -> subprocess.CompletedProcess[str
     )
 
 
-@pytest.fixture
-def other(mount: Path, new_ctid: int) -> Iterator[Path]:
-    path = mount / str(new_ctid + 6000)
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        with contextlib.suppress(OSError):
-            path.rmdir()
-
-
 def test_it_reads_its_own_files(ctfsd: Ctfsd, private: Path) -> None:
     done = _as_container(ctfsd, private, "cat", str(private / "state"))
     assert done.stdout == "running\n", done.stderr
 
 
 def test_another_containers_files_do_not_exist_for_it(
-    ctfsd: Ctfsd, private: Path, other: Path
+    ctfsd: Ctfsd, private: Path, stopped_neighbour: Path
 ) -> None:
-    done = _as_container(ctfsd, private, "cat", str(other / "state"))
+    done = _as_container(ctfsd, private, "cat", str(stopped_neighbour / "state"))
     assert done.returncode != 0 and "No such file" in done.stderr
 
 
