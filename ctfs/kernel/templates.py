@@ -12,25 +12,40 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import signal
 import subprocess
 from pathlib import Path
 
 from ctfs import conffile
 from ctfs.kernel import storage
 from ctfs.kernel.api import Template
+from ctfs.policy.signals import parse_halt_signal
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def _signal(name: str) -> signal.Signals:
-    name = name.upper().removeprefix("SIG")
+# What init gets to stop when a template names no HALT_SIGNAL: sysvinit's
+# power-failure signal, as OpenVZ sends.
+DEFAULT_HALT_SIGNAL = "SIGPWR"
+
+
+def describe(name: str, root: Path, meta: dict[str, str]) -> Template:
+    """The template ``name`` as its ``.conf`` describes it; ValueError if that is wrong."""
+    init = meta.get("INIT", "/sbin/init")
+    if not init.startswith("/"):
+        raise ValueError(f"INIT must be an absolute path, not {init!r}")
     try:
-        return signal.Signals[f"SIG{name}"]
-    except KeyError:
-        return signal.SIGPWR
+        halt = parse_halt_signal(meta.get("HALT_SIGNAL", DEFAULT_HALT_SIGNAL))
+    except ValueError as exc:
+        raise ValueError(f"HALT_SIGNAL: {exc}") from None
+    return Template(
+        name=name,
+        root=root,
+        init=init,
+        halt_signal=halt,
+        description=meta.get("DESCRIPTION", ""),
+    )
 
 
 class TemplateStore:
@@ -54,13 +69,11 @@ class TemplateStore:
             meta = conffile.read(self.dir / f"{name}.conf")
         except FileNotFoundError:
             return None
-        return Template(
-            name=name,
-            root=self.dir / name,
-            init=meta.get("INIT", "/sbin/init"),
-            halt_signal=_signal(meta.get("HALT_SIGNAL", "PWR")),
-            description=meta.get("DESCRIPTION", ""),
-        )
+        try:
+            return describe(name, self.dir / name, meta)
+        except ValueError as exc:  # checked at import: someone edited it since
+            log.error("template %s: %s.conf: %s", name, name, exc)
+            return None
 
     def import_cache(self, cache: Path) -> list[str]:
         """Import every new or changed tarball from ``cache``; return what was imported."""
@@ -73,6 +86,11 @@ class TemplateStore:
             meta = cache / f"{name}.conf"
             if not TEMPLATE_NAME.match(name) or not meta.exists():
                 log.warning("template cache: skipping %s (bad name or no %s)", tarball, meta.name)
+                continue
+            try:
+                describe(name, self.dir / name, conffile.read(meta))
+            except ValueError as exc:
+                log.error("template cache: not importing %s: %s: %s", name, meta, exc)
                 continue
             digest = _digest(tarball, meta)
             stamp = self.dir / f".{name}.digest"

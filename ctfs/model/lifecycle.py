@@ -24,6 +24,7 @@ from ctfs.model import apply, settings, views
 from ctfs.model.container import Container, InitProcess, State, reap
 from ctfs.policy import idmap
 from ctfs.policy.security import DROPPED_CAPABILITIES
+from ctfs.policy.signals import signal_name
 
 log = logging.getLogger(__name__)
 
@@ -174,14 +175,15 @@ async def stop(ct: Container) -> None:
     assert init is not None
     began = time.monotonic()
     template = ct.backends.templates.get(ct.template_name)
-    halt = signal.Signals(template.halt_signal if template else signal.SIGPWR)
+    halt = template.halt_signal if template else int(signal.SIGPWR)
+    name = signal_name(halt)
     timeout = ct.ctx.stop_timeout
     with contextlib.suppress(ProcessLookupError):
         signal.pidfd_send_signal(init.pidfd, halt)
     how = await _await_halt(ct, init, timeout)
     if how == "timeout":
         ct.events.record(
-            f"stop: still running {timeout:g} s after SIG{halt.name[3:]}; killing",
+            f"stop: still running {timeout:g} s after {name}; killing",
             logging.WARNING,
         )
     if not init.exited.is_set():
@@ -189,7 +191,7 @@ async def stop(ct: Container) -> None:
     await finish_stop(ct, init)
     ms = (time.monotonic() - began) * 1000
     word = "killed" if how == "timeout" else "stopped"
-    ct.events.record(f"{word}: {ms:.0f} ms after SIG{halt.name[3:]}")
+    ct.events.record(f"{word}: {ms:.0f} ms after {name}")
 
 
 async def _await_halt(ct: Container, init: InitProcess, timeout: float) -> str:
