@@ -8,11 +8,12 @@ while the container runs.  The files layer never sees any of this.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ctfs.model.container import Container, hostname_in
-from ctfs.policy import beancounters, netaddr
+from ctfs.policy import beancounters, etc_identity, netaddr
 from ctfs.policy import quota as disk_quota
 from ctfs.policy.scheduling import Scheduling
 
@@ -42,9 +43,15 @@ def disk_space(ct: Container, settings: Settings) -> None:
 
 
 def etc_files(ct: Container, settings: Settings) -> None:
-    """/etc/hosts (and resolv.conf, if name servers are set) as ``settings`` say."""
+    """/etc/hostname, hosts, machine-id (and resolv.conf, if name servers are set)."""
     storage = ct.backends.storage
     hostname = hostname_in(ct.ctid, settings)
+    storage.update_etc_file(
+        ct.root, "hostname", lambda old: etc_identity.render_hostname(old, hostname)
+    )
+    storage.update_etc_file(
+        ct.root, "machine-id", lambda old: etc_identity.render_machine_id(old, uuid.uuid4().hex)
+    )
     main = netaddr.main_address(netaddr.from_setting(settings.get("IP_ADDRESS", "")))
     storage.update_etc_file(ct.root, "hosts", lambda old: netaddr.render_hosts(old, hostname, main))
     servers = nameservers_in(settings)
