@@ -63,7 +63,14 @@ NOSUID_NODEV = libc.MS_NOSUID | libc.MS_NODEV
 DEV_FLAGS = libc.MS_NOSUID | libc.MS_NOEXEC
 
 
-def mount_filesystems(root: str, owner: Owner | None = None) -> None:
+def mount_filesystems(root: str, owner: Owner | None = None, cgroup2: bool = False) -> None:
+    """The container's filesystems under ``root``, not yet pivoted into.
+
+    ``cgroup2``: the caller is in the container's cgroup namespace, whose root is
+    the container's own cgroup in the host's cgroup2 hierarchy; it is mounted at
+    /sys/fs/cgroup, as systemd's Container Interface asks, so that a systemd inside
+    finds its cgroup tree ready (systemd 256 and later run on nothing else).
+    """
     # Nothing mounted from here on may propagate back to the host.
     step("make mounts private", libc.mount, None, "/", None, libc.MS_REC | libc.MS_PRIVATE, None)
     # pivot_root needs the new root to be a mount point of its own.
@@ -81,6 +88,16 @@ def mount_filesystems(root: str, owner: Owner | None = None) -> None:
         libc.MS_RDONLY | NOSUID_NODEV | libc.MS_NOEXEC,
         None,
     )
+    if cgroup2:
+        step(
+            "mount /sys/fs/cgroup",
+            libc.mount,
+            "cgroup2",
+            f"{root}/sys/fs/cgroup",
+            "cgroup2",
+            NOSUID_NODEV | libc.MS_NOEXEC,
+            None,
+        )
     _mount_dev(f"{root}/dev", owner)
 
 

@@ -148,15 +148,16 @@ def _build_mounts(spec: LaunchRequest, init: int, base: int) -> int:
     afterwards).
     """
     host_proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    names = ("user", "net", "uts", "ipc")
+    names = ("user", "net", "uts", "ipc", "cgroup")
     spaces = {n: os.open(f"/proc/{init}/ns/{n}", os.O_RDONLY | os.O_CLOEXEC) for n in names}
     try:
         step("unshare the mount namespace", libc.unshare, libc.CLONE_NEWNS)
-        # sysfs shows the network namespace, mqueue the IPC namespace, of its mounter.
-        for name in ("net", "uts", "ipc"):
+        # sysfs shows the network namespace, mqueue the IPC namespace, cgroup2 the
+        # cgroup namespace, of its mounter.
+        for name in ("net", "uts", "ipc", "cgroup"):
             step(f"enter the container's {name} namespace", libc.setns, spaces[name], 0)
         owner = Owner(base, f"/proc/{init}/ns/pid", spaces["user"])
-        mount_filesystems(spec.root, owner)
+        mount_filesystems(spec.root, owner, cgroup2=spec.cgroup_birth is not None)
         taken = view_mounts.take(spec.views or [])
         pivot(spec.root)
         step("become the container's root", userns.become_root, spaces["user"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import sys
 from dataclasses import asdict
@@ -40,7 +41,7 @@ def _become_init(spec: LaunchRequest, errpipe: int, go: int | None) -> None:
     # Rooted where this process was born: the container's cgroup in every hierarchy.
     step("unshare the cgroup namespace", libc.unshare, libc.CLONE_NEWCGROUP)
     os.umask(0o022)
-    mount_filesystems(spec.root)
+    mount_filesystems(spec.root, cgroup2=spec.cgroup_birth is not None)
     taken = view_mounts.take(spec.views or [])
     pivot(spec.root)
     view_mounts.put(taken)
@@ -92,13 +93,17 @@ def serve(control: socket.socket) -> None:
     (single-threaded, already imported) process carries it out and sends the reply
     on that socket.  Forking a warm process instead of starting an interpreter per
     container keeps Python's start-up cost out of every container start.
+
+    Finished copies are reaped by the kernel (SIGCHLD ignored here), so none
+    lingers as a zombie between two starts; each copy restores the default first,
+    since an ignored SIGCHLD would survive into the container's init.
     """
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(control, 1 << 20, 1)
         except InterruptedError:
             continue
-        _reap_finished()
         if not message:
             return  # ctfsd is gone
         if len(fds) != 1:
@@ -107,6 +112,7 @@ def serve(control: socket.socket) -> None:
             continue
         reply_fd = fds[0]
         if os.fork() == 0:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             control.close()
             talk = socket.socket(fileno=reply_fd)
             try:
@@ -117,16 +123,6 @@ def serve(control: socket.socket) -> None:
                 talk.sendall(json.dumps(asdict(reply)).encode())
             os._exit(0)
         os.close(reply_fd)
-
-
-def _reap_finished() -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
 
 
 def main() -> int:
