@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from ctfs.keeper import paths_for
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -109,6 +111,24 @@ class Ctfsd:
                 (self.template_cache / f"{name}{suffix}").symlink_to(
                     SYSTEM_TEMPLATE_CACHE / f"busybox{suffix}"
                 )
+
+    def add_template(
+        self, name: str, tarball_of: str | None = None, conf: str | None = None
+    ) -> None:
+        """Offer template ``name`` at the next start: the system cache's tarball of
+        ``tarball_of`` (default ``name``), and ``conf`` as its .conf (default the
+        cache's).  A template the cache lacks fails the test, naming the build."""
+        source = tarball_of or name
+        tarball = SYSTEM_TEMPLATE_CACHE / f"{source}.tar.gz"
+        if not tarball.exists():
+            pytest.fail(f"template {source} is not built: run tools/build-template {source}")
+        (self.template_cache / f"{name}.tar.gz").symlink_to(tarball)
+        if conf is None:
+            (self.template_cache / f"{name}.conf").symlink_to(
+                SYSTEM_TEMPLATE_CACHE / f"{source}.conf"
+            )
+        else:
+            (self.template_cache / f"{name}.conf").write_text(conf)
 
     def argv(self, *extra: str) -> list[str]:
         return [

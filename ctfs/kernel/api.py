@@ -116,6 +116,15 @@ class Cgroups(Protocol):
 
     def criu_options(self, ctid: int) -> CriuCgroups: ...
 
+    def own_cgroups(self, ctid: int) -> list[str]:
+        """The cgroups made inside below the container's own, parents first, as names
+        only ``make_own_cgroups`` reads (CRIU restores only those holding tasks)."""
+
+    def make_own_cgroups(self, ctid: int, names: Sequence[str], uid: int | None) -> None:
+        """Make those of ``names`` that are missing, owned by host user ``uid`` (the
+        container's root) if given.  ValueError, before making any, for a name that
+        is not one ``own_cgroups`` could have given (a dump file is input)."""
+
     def populated(self) -> list[int]:
         """CTIDs whose cgroups exist under the parent (running or left over)."""
 
@@ -378,7 +387,11 @@ class Launcher(Protocol):
 
 
 class CriuError(Exception):
-    """CRIU failed; the text is the reason from its log."""
+    """CRIU failed; the text is the reason from its log, ``log`` the whole log (if any)."""
+
+    def __init__(self, reason: str, log: Path | None = None) -> None:
+        super().__init__(reason)
+        self.log = log
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ctfs import kernel
@@ -53,6 +53,11 @@ DELEGATED_FILES = (
     "cgroup.subtree_control",
     "cgroup.threads",
 )
+# Bounds on the cgroups a dump file may ask to be made for a container: a dump
+# is input.  systemd makes a few dozen; the kernel's own default max.depth is
+# unlimited, so these are ours.
+OWN_CGROUPS_MAX = 4096
+OWN_CGROUPS_DEPTH = 32
 # cpu.shares is 2..262144: a weight of 1 (the largest) is the kernel's maximum.
 SHARES_MAX = 262_144
 
@@ -166,6 +171,41 @@ class CgroupsV1:
             # Per controller: a bare --cgroup-root would also move named hierarchies.
             roots=tuple(f"{c}:/{self.parent}/{ctid}" for c in V1_CONTROLLERS),
         )
+
+    def own_cgroups(self, ctid: int) -> list[str]:
+        names: list[str] = []
+        for hierarchy in self.hierarchies:
+            top = self._dir(hierarchy, ctid)
+            for directory, subdirs, _ in os.walk(top):
+                subdirs.sort()
+                below = Path(directory).relative_to(top)
+                names.extend(f"{hierarchy}/{below / name}" for name in subdirs)
+        return names
+
+    def make_own_cgroups(self, ctid: int, names: Sequence[str], uid: int | None) -> None:
+        wanted = [self._own_cgroup(ctid, name) for name in names]
+        if len(wanted) > OWN_CGROUPS_MAX:
+            raise ValueError(f"{len(wanted)} cgroups of its own; at most {OWN_CGROUPS_MAX}")
+        for path in sorted(wanted, key=lambda p: len(p.parts)):
+            if path.is_dir():
+                continue
+            self._ensure_dir(path, path.parent)
+            if uid is not None:
+                # As the kernel makes them for a delegatee: the directory and every
+                # file in it are the maker's.
+                for entry in (path, *path.iterdir()):
+                    os.chown(entry, uid, uid, follow_symlinks=False)
+
+    def _own_cgroup(self, ctid: int, name: str) -> Path:
+        hierarchy, _, below = name.partition("/")
+        parts = below.split("/")
+        if (
+            hierarchy not in self.hierarchies
+            or any(part in ("", ".", "..") or "\0" in part for part in parts)
+            or len(parts) > OWN_CGROUPS_DEPTH
+        ):
+            raise ValueError(f"not a cgroup of the container's own: {name!r}")
+        return self._dir(hierarchy, ctid).joinpath(*parts)
 
     def container_of(self, pid: int) -> int | None:
         # Asked on every request from inside a container: bytes from os.read rather

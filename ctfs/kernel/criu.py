@@ -23,16 +23,19 @@ Every run has a time limit: a damaged image can make CRIU spin or wait forever.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from pyroute2.nftables.main import NFTables
 
-from ctfs.kernel import netns, restore_views
+from ctfs.kernel import netns, processes, restore_views
 from ctfs.kernel.api import CriuDump, CriuError, CriuRestore, Veth
 
 DEFAULT_BINARY = Path("/opt/ctfs/criu/sbin/criu")
@@ -78,6 +81,9 @@ class Criu:
         self.binary = find_binary(binary)
         self.version = ""
         self.unavailable: str | None = "not checked yet"
+        # PIDs of the CRIU runs under way (one thread each), and their guard.
+        self._running: set[int] = set()
+        self._lock = threading.Lock()
 
     def probe(self) -> str | None:
         """Check that checkpoints can work here; the reason they cannot, or None."""
@@ -223,6 +229,41 @@ class Criu:
             # Its own process group: a terminal's Ctrl-C for ctfsd must not cut it short.
             start_new_session=True,
         )
+        with self._lock:
+            self._running.add(proc.pid)
+        try:
+            self._wait(proc, log, timeout, on_timeout, argv[0])
+        finally:
+            with self._lock:
+                self._running.discard(proc.pid)
+                self._end_stray_helpers()
+
+    def _end_stray_helpers(self) -> None:
+        """End and reap CRIU's helpers that outlived a run of theirs; caller holds the lock.
+
+        A failed restore can leave CRIU's cgroup daemon behind.  ctfsd is a child
+        subreaper (for orphaned container inits), so such orphans become its
+        children, and would stay zombies.  Restored processes never carry the
+        name "criu" (CRIU gives them their own back before it exits); a run still
+        under way is in ``_running``.
+        """
+        for pid in processes.children(os.getpid()):
+            if pid in self._running or processes.name_of(pid) != "criu":
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+    @staticmethod
+    def _wait(
+        proc: subprocess.Popen[str],
+        log: Path,
+        timeout: float,
+        on_timeout: Callable[[], None],
+        action: str,
+    ) -> None:
+        """Wait for one run; CriuError, with its log, unless it succeeded."""
         try:
             _, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -234,14 +275,14 @@ class Criu:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
-            raise CriuError(f"criu {argv[0]} did not finish within {timeout:g} s") from None
+            raise CriuError(f"criu {action} did not finish within {timeout:g} s", log) from None
         if proc.returncode != 0:
             how = (
                 f"was killed by signal {-proc.returncode}"
                 if proc.returncode < 0
                 else f"exited with status {proc.returncode}"
             )
-            raise CriuError(f"criu {argv[0]} {how}: {log_reason(log, stderr)}")
+            raise CriuError(f"criu {action} {how}: {log_reason(log, stderr)}", log)
 
 
 def _action_script(work: Path) -> Path:

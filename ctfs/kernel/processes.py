@@ -99,7 +99,7 @@ class HostProcesses:
             if current in found:
                 continue
             found.append(current)
-            pending.extend(_children(current))
+            pending.extend(children(current))
         return found
 
     def placement(self, pid: int) -> Placement | None:
@@ -129,7 +129,16 @@ class HostProcesses:
                 os.kill(pid, signal.SIGCONT)
 
 
-def _children(pid: int) -> list[int]:
+def name_of(pid: int) -> str | None:
+    """The command name of ``pid`` (/proc/PID/comm), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return None
+
+
+def children(pid: int) -> list[int]:
     """The children of every thread of ``pid`` (/proc/PID/task/TID/children)."""
     found: list[int] = []
     try:

@@ -22,9 +22,9 @@ from typing import NoReturn
 
 import trio
 
-from ctfs.errors import CtfsError, busy, kernel_failed
+from ctfs.errors import CtfsError, busy, invalid, kernel_failed
 from ctfs.kernel.api import Checkpointer, CriuDump, CriuError, CriuRestore
-from ctfs.model import containment, dumpfile, lifecycle, views
+from ctfs.model import containment, criu_logs, dumpfile, lifecycle, views
 from ctfs.model.container import Container, InitProcess
 from ctfs.policy import idmap
 
@@ -39,6 +39,8 @@ FREEZE_TRIES, FREEZE_RETRY_S = 25, 0.02
 CRIU_TIMEOUT_S = 300.0
 KEPT_IMAGES = ".frozen-images"
 SCRATCH = (".criu-images", ".criu-work")
+# The manifest's list of the cgroups made inside the container.
+OWN_CGROUPS_KEY = "own_cgroups"
 
 
 def stamp(path: Path) -> tuple[int, ...] | None:
@@ -93,7 +95,8 @@ async def freeze(ct: Container) -> None:
     if not init.exited.is_set():
         await trio.to_thread.run_sync(cgroups.kill_all, ct.ctid)
         await init.exited.wait()
-    info = _manifest_info(ct, engine.version, ran)
+    own = await trio.to_thread.run_sync(cgroups.own_cgroups, ct.ctid)
+    info = _manifest_info(ct, engine.version, ran) | {OWN_CGROUPS_KEY: own}
     try:
         size = await trio.to_thread.run_sync(dumpfile.pack, images, ct.dump_path, info)
     except OSError as exc:
@@ -157,8 +160,28 @@ async def _dump(
     try:
         await trio.to_thread.run_sync(engine.dump, options, lambda: None)
     except CriuError as exc:
+        kept = await trio.to_thread.run_sync(criu_logs.keep, ct, exc, "dump")
         await _recover_from_failed_dump(ct, init, relink=unlinked)
-        raise kernel_failed(f"checkpoint failed, the container runs on: {exc}") from exc
+        raise kernel_failed(f"checkpoint failed, the container runs on: {exc}{kept}") from exc
+
+
+async def _make_own_cgroups(ct: Container, manifest: dumpfile.Manifest) -> None:
+    """The cgroups its own init made, all of them and owned by its root, before CRIU.
+
+    CRIU makes again only the cgroups that held tasks, as the host's root: a
+    systemd inside would then fail on the empty ones it watches and could not
+    manage the rest.
+    """
+    names = manifest.info.get(OWN_CGROUPS_KEY, [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        await lifecycle.clean_up_cgroups(ct)
+        raise invalid("the dump file's list of the container's cgroups is damaged")
+    make = ct.backends.cgroups.make_own_cgroups
+    try:
+        await trio.to_thread.run_sync(make, ct.ctid, names, idmap.base_of(ct.settings))
+    except (OSError, ValueError) as exc:
+        await lifecycle.clean_up_cgroups(ct)
+        raise kernel_failed(f"cannot make the container's own cgroups again: {exc}") from exc
 
 
 def _manifest_info(ct: Container, criu_version: str, ran: float) -> dict[str, object]:
@@ -277,6 +300,7 @@ async def _restore_from(
     began = time.monotonic()
     cgroups = ct.backends.cgroups
     await lifecycle.prepare_cgroups(ct)
+    await _make_own_cgroups(ct, manifest)
     addresses = ct.addresses
     private = idmap.base_of(ct.settings) is not None
     options = CriuRestore(
@@ -302,12 +326,15 @@ async def _restore_from(
         )
         tree = await trio.to_thread.run_sync(containment.checked_tree, ct, pid)
     except (CriuError, CtfsError) as exc:
-        if isinstance(exc, CtfsError):
+        kept = ""
+        if isinstance(exc, CriuError):
+            kept = await trio.to_thread.run_sync(criu_logs.keep, ct, exc, "restore")
+        else:
             await trio.to_thread.run_sync(containment.kill_tree, ct, pid)
         await trio.to_thread.run_sync(cgroups.kill_all, ct.ctid)
         await lifecycle.clean_up_cgroups(ct)
         await _forget_link(ct)
-        raise kernel_failed(f"restore failed, the container stays frozen: {exc}") from exc
+        raise kernel_failed(f"restore failed, the container stays frozen: {exc}{kept}") from exc
     _carry_uptime(ct, manifest)
     ct.backends.processes.resume(tree)
     lifecycle.adopt(ct, pid)
