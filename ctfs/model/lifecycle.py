@@ -43,6 +43,11 @@ INIT_ENV = {
     "HOME": "/root",
     "TERM": "linux",
     "container": "ctfs",
+    # systemd 254+ (PID 1 and sd-event programs) watch memory.pressure with a PSI
+    # trigger, which CRIU does not restore: after a restore the file polls ready
+    # for ever and systemd spins ("Looping too fast"), its jobs never run.  This
+    # value turns the watch off (sd_event_add_memory_pressure(3)).
+    "MEMORY_PRESSURE_WATCH": "/dev/null",
 }
 
 
