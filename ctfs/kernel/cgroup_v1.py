@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ctfs import kernel
-from ctfs.kernel import v1_counters
+from ctfs.kernel import cgroup_files, v1_counters
 from ctfs.kernel.api import (
     EVERYTHING,
     Counted,
@@ -137,7 +137,7 @@ class CgroupsV1:
 
     def pids(self, ctid: int) -> list[int]:
         """Every process in the container's cgroup or in any cgroup below it."""
-        return v1_counters.procs(f"{self.root}/pids/{self.parent}/{ctid}")
+        return cgroup_files.procs(f"{self.root}/pids/{self.parent}/{ctid}")
 
     def join_files(self, ctid: int) -> list[str]:
         # Not cgroup.procs: moving a whole process takes the kernel's global
