@@ -28,8 +28,8 @@ import trio
 from ctfs import __version__, endings, keeper_link
 from ctfs.fs import CtfsOperations
 from ctfs.fs.takeover import TakeoverError, take_over
-from ctfs.kernel import backends, libc, storage
-from ctfs.kernel.cgroup_v1 import CgroupsV1
+from ctfs.kernel import backends, cgroup_mode, libc, storage
+from ctfs.kernel.api import Cgroups
 from ctfs.kernel.templates import TemplateStore
 from ctfs.model.host import Host
 
@@ -171,7 +171,7 @@ def take_mount(args: argparse.Namespace) -> keeper_link.Held:
             os.close(keeper_log)
 
 
-def prepare(args: argparse.Namespace) -> tuple[CgroupsV1, keeper_link.Held]:
+def prepare(args: argparse.Namespace) -> tuple[Cgroups, keeper_link.Held]:
     if os.geteuid() != 0:
         raise StartupError(
             EXIT_NOT_ROOT, "ctfsd must run as root: it creates namespaces, cgroups and mounts"
@@ -191,7 +191,7 @@ def prepare(args: argparse.Namespace) -> tuple[CgroupsV1, keeper_link.Held]:
         raise
 
 
-def _prepare_storage(args: argparse.Namespace) -> CgroupsV1:
+def _prepare_storage(args: argparse.Namespace) -> Cgroups:
     try:
         how = storage.ensure_pool(args.state_dir, args.pool_size)
         log.info("storage: %s", how)
@@ -202,7 +202,9 @@ def _prepare_storage(args: argparse.Namespace) -> CgroupsV1:
     except (OSError, storage.StorageError) as exc:
         raise StartupError(EXIT_STORAGE, f"storage unusable: {exc}") from exc
     try:
-        return CgroupsV1(args.cgroup_parent)
+        mode, cgroups = cgroup_mode.backend(args.cgroup_parent)
+        log.info("cgroups: %s hierarchy; using the %s backend", mode, type(cgroups).__name__)
+        return cgroups
     except (OSError, RuntimeError) as exc:
         raise StartupError(EXIT_STORAGE, f"cgroups unusable: {exc}") from exc
 
@@ -217,7 +219,7 @@ def _fuse_options(debug: bool) -> set[str]:
 
 
 async def serve(
-    args: argparse.Namespace, cgroups: CgroupsV1, held: keeper_link.Held, ready: int | None
+    args: argparse.Namespace, cgroups: Cgroups, held: keeper_link.Held, ready: int | None
 ) -> str:
     host = Host(
         backends.real(args.state_dir, cgroups, args.uplink, args.criu),

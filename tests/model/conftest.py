@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from ctfs.kernel import backends, storage
-from ctfs.kernel.cgroup_v1 import CgroupsV1, remove_cgroup_dir
+from ctfs.kernel import backends, cgroup_mode, storage
+from ctfs.kernel.cgroup_v1 import remove_cgroup_dir
 from ctfs.kernel.templates import TemplateStore
 from ctfs.model import lifecycle
 from ctfs.model.container import State
@@ -37,8 +37,13 @@ class ModelBed:
         self.state = self.base / "state"
         self.parent = f"ctfs-model-{os.getpid()}-{self.base.name[-4:]}"
         storage.ensure_pool(self.state, "2G")
-        TemplateStore(self.state).import_cache(SYSTEM_TEMPLATE_CACHE)
-        self.cgroups = CgroupsV1(self.parent)
+        # Only busybox: the system cache may hold the Debian templates too (500 MB).
+        cache = self.base / "templates"
+        cache.mkdir()
+        for suffix in (".tar.gz", ".conf"):
+            (cache / f"busybox{suffix}").symlink_to(SYSTEM_TEMPLATE_CACHE / f"busybox{suffix}")
+        TemplateStore(self.state).import_cache(cache)
+        _, self.cgroups = cgroup_mode.backend(self.parent)
 
     def host(self) -> Host:
         made = backends.real(self.state, self.cgroups, "none", None)

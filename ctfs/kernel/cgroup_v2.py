@@ -1,0 +1,263 @@
+"""The cgroup v2 (unified hierarchy) backend of ``ctfs.kernel.api.Cgroups``.
+
+Every container gets ``<root>/<parent>/<ctid>``, with the cpuset, cpu, io,
+memory and pids controllers enabled for it.  Its processes may live in that
+cgroup itself (busybox) or in cgroups its init makes below it (systemd moves
+itself to init.scope before it enables controllers there: v2 allows processes
+only in leaves of the controlled tree).  The limits are the host's, at the top;
+the subtree is delegated to the container's root as cgroup-v2.rst's
+"Delegation" describes.  Device access is filtered by a BPF program
+(``ctfs.kernel.device_filter``), since v2 has no devices controller.
+
+The units are the Protocol's: CPU weight as a fraction of the largest (cpu.weight
+1..10000), BFQ's I/O weight (io.bfq.weight, else io.weight scaled), bytes, tasks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ctfs import kernel
+from ctfs.kernel import cgroup_files, device_filter, v2_counters
+from ctfs.kernel.api import (
+    EVERYTHING,
+    Counted,
+    CpuCap,
+    CpuTime,
+    CriuCgroups,
+    Disk,
+    DiskIo,
+    Enforceable,
+    KernelCounters,
+    MemoryDetail,
+    MemoryLimits,
+)
+from ctfs.kernel.cgroup_v1 import (
+    CPUS_TTL_S,
+    OWN_CGROUPS_DEPTH,
+    OWN_CGROUPS_MAX,
+    parse_cpu_list,
+    remove_cgroup_dir,
+)
+from ctfs.policy.security import ALLOWED_DEVICES
+
+CGROUP_ROOT = Path(kernel.CGROUP_ROOT)
+CONTROLLERS = ("cpuset", "cpu", "io", "memory", "pids")
+# Files of the container's top cgroup that its root gets (cgroup-v2.rst,
+# "Delegation Containment"): the rest, every limit among them, stay the host's.
+DELEGATED_FILES = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
+# cpu.weight is 1..10000: a weight of 1 (the largest) is the kernel's maximum.
+WEIGHT_MAX = 10_000
+# How a dump from a cgroup v1 host names the unified hierarchy's cgroups.
+UNIFIED = "unified"
+
+
+def _write(path: Path, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+class CgroupsV2:
+    """cgroup v2: one directory per container, ``<root>/<parent>/<ctid>``."""
+
+    def __init__(self, parent: str = "ctfs", root: Path = CGROUP_ROOT) -> None:
+        if not (root / "cgroup.controllers").exists():
+            raise RuntimeError(f"no cgroup2 hierarchy at {root}")
+        available = set((root / "cgroup.controllers").read_text().split())
+        missing = set(CONTROLLERS) - available
+        if missing:
+            raise RuntimeError(f"cgroup2 controllers missing: {', '.join(sorted(missing))}")
+        self.parent = parent
+        self.root = root
+        self.top = root / parent
+        self._cpus: tuple[float, list[int]] = (-CPUS_TTL_S, [])
+        swap = (root / "init.scope" / "memory.swap.max").exists() or _has_swap_files(root)
+        # v2 counts TCP buffers with the rest of the memory and limits them with it.
+        self.enforces = (
+            frozenset(Enforceable)
+            - {Enforceable.TCP_BUFFERS}
+            - (set() if swap else {Enforceable.SWAP})
+        )
+        _enable(root, CONTROLLERS)
+        self.top.mkdir(exist_ok=True)
+        _enable(self.top, CONTROLLERS)
+
+    def _dir(self, ctid: int) -> Path:
+        return self.top / str(ctid)
+
+    def create(self, ctid: int) -> None:
+        path = self._dir(ctid)
+        path.mkdir(exist_ok=True)
+        device_filter.attach(path, ALLOWED_DEVICES)
+
+    def remove(self, ctid: int) -> None:
+        top = self._dir(ctid)
+        for directory, _, _ in os.walk(top, topdown=False):
+            remove_cgroup_dir(Path(directory))
+
+    def delegate(self, ctid: int, uid: int) -> None:
+        top = self._dir(ctid)
+        for path in (top, *(top / name for name in DELEGATED_FILES)):
+            os.chown(path, uid, uid, follow_symlinks=False)
+
+    def pids(self, ctid: int) -> list[int]:
+        return cgroup_files.procs(str(self._dir(ctid)))
+
+    def join_files(self, ctid: int) -> list[str]:
+        return []  # a process is born into its cgroup (birth_cgroup), never moved
+
+    def birth_cgroup(self, ctid: int) -> str | None:
+        return str(self._dir(ctid))
+
+    def freeze(self, ctid: int, timeout: float) -> None:
+        top = self._dir(ctid)
+        _write(top / "cgroup.freeze", "1")
+        deadline = time.monotonic() + timeout
+        while not _frozen(top):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not all processes stopped within {timeout:g} s")
+            time.sleep(0.001)
+
+    def thaw(self, ctid: int) -> None:
+        _write(self._dir(ctid) / "cgroup.freeze", "0")
+
+    def kill_all(self, ctid: int) -> None:
+        # cgroup.kill ends the whole subtree at once, forks under way included.
+        top = self._dir(ctid)
+        if top.exists():
+            _write(top / "cgroup.kill", "1")
+
+    def criu_options(self, ctid: int) -> CriuCgroups:
+        return CriuCgroups(
+            freeze_cgroup=str(self._dir(ctid)),
+            yard=str(self.root),
+            roots=(f"/{self.parent}/{ctid}",),
+        )
+
+    def own_cgroups(self, ctid: int) -> list[str]:
+        top = self._dir(ctid)
+        names: list[str] = []
+        for directory, subdirs, _ in os.walk(top):
+            subdirs.sort()
+            below = Path(directory).relative_to(top)
+            names.extend(f"{UNIFIED}/{below / name}" for name in subdirs)
+        return names
+
+    def make_own_cgroups(self, ctid: int, names: Sequence[str], uid: int | None) -> None:
+        wanted = [self._own_cgroup(ctid, name) for name in names]
+        if len(wanted) > OWN_CGROUPS_MAX:
+            raise ValueError(f"{len(wanted)} cgroups of its own; at most {OWN_CGROUPS_MAX}")
+        for path in sorted(wanted, key=lambda p: len(p.parts)):
+            if path.is_dir():
+                continue
+            path.mkdir()
+            if uid is not None:
+                for entry in (path, *path.iterdir()):
+                    os.chown(entry, uid, uid, follow_symlinks=False)
+
+    def _own_cgroup(self, ctid: int, name: str) -> Path:
+        hierarchy, _, below = name.partition("/")
+        parts = below.split("/")
+        if (
+            hierarchy != UNIFIED
+            or any(part in ("", ".", "..") or "\0" in part for part in parts)
+            or len(parts) > OWN_CGROUPS_DEPTH
+        ):
+            raise ValueError(f"not a cgroup of the container's own: {name!r}")
+        return self._dir(ctid).joinpath(*parts)
+
+    def container_of(self, pid: int) -> int | None:
+        try:
+            fd = os.open(f"/proc/{pid}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                data = os.read(fd, 1 << 16)
+            finally:
+                os.close(fd)
+        except OSError:
+            return None
+        parent = self.parent.encode()
+        for line in data.splitlines():
+            if line.startswith(b"0::"):
+                parts = line[3:].strip(b"/").split(b"/")
+                if len(parts) >= 2 and parts[0] == parent and parts[1].isdigit():
+                    return int(parts[1])
+        return None
+
+    def populated(self) -> list[int]:
+        return sorted(int(e.name) for e in self.top.iterdir() if e.is_dir() and e.name.isdigit())
+
+    def available_cpus(self) -> list[int]:
+        now = time.monotonic()
+        if now - self._cpus[0] > CPUS_TTL_S:
+            text = (self.top / "cpuset.cpus.effective").read_text()
+            self._cpus = now, parse_cpu_list(text)
+        return list(self._cpus[1])
+
+    def set_cpu_weight(self, ctid: int, weight: float) -> None:
+        _write(self._dir(ctid) / "cpu.weight", str(cpu_weight(weight)))
+
+    def set_cpu_cap(self, ctid: int, cap: CpuCap) -> None:
+        quota = "max" if cap.quota_us is None else str(cap.quota_us)
+        _write(self._dir(ctid) / "cpu.max", f"{quota} {cap.period_us}")
+
+    def set_cpu_set(self, ctid: int, cpus: list[int]) -> None:
+        _write(self._dir(ctid) / "cpuset.cpus", ",".join(str(c) for c in sorted(cpus)))
+
+    def set_io_weight(self, ctid: int, weight: int) -> None:
+        top = self._dir(ctid)
+        if (top / "io.bfq.weight").exists():
+            _write(top / "io.bfq.weight", str(weight))
+        else:  # io.weight is 1..10000, BFQ's scale 1..1000
+            _write(top / "io.weight", f"default {weight * 10}")
+
+    def set_memory_limits(self, ctid: int, limits: MemoryLimits) -> None:
+        top = self._dir(ctid)
+        _write(top / "memory.max", _limit(limits.ram))
+        _write(top / "memory.high", _limit(limits.ram_soft))
+        if Enforceable.SWAP in self.enforces:
+            # v2 limits swap apart from RAM.
+            _write(top / "memory.swap.max", _limit(limits.swap))
+
+    def set_task_limit(self, ctid: int, tasks: int | None) -> None:
+        _write(self._dir(ctid) / "pids.max", _limit(tasks))
+
+    def memory_detail(self, ctid: int) -> MemoryDetail:
+        return v2_counters.memory_detail(str(self._dir(ctid)))
+
+    def disk_io(self, ctid: int, disk: Disk) -> DiskIo:
+        return v2_counters.disk_io(str(self._dir(ctid)), disk)
+
+    def cpu_time(self, ctid: int) -> CpuTime:
+        return v2_counters.cpu_time(str(self._dir(ctid)))
+
+    def counters(self, ctid: int, wanted: frozenset[Counted] = EVERYTHING) -> KernelCounters:
+        return v2_counters.read(str(self._dir(ctid)), wanted)
+
+
+def cpu_weight(weight: float) -> int:
+    """cpu.weight for a version-neutral CPU weight (a fraction of the largest)."""
+    return max(1, min(WEIGHT_MAX, round(weight * WEIGHT_MAX)))
+
+
+def _limit(value: int | None) -> str:
+    return "max" if value is None else str(value)
+
+
+def _enable(cgroup: Path, controllers: Sequence[str]) -> None:
+    """Enable ``controllers`` for the children of ``cgroup`` (idempotent)."""
+    enabled = set((cgroup / "cgroup.subtree_control").read_text().split())
+    wanted = [c for c in controllers if c not in enabled]
+    if wanted:
+        _write(cgroup / "cgroup.subtree_control", " ".join(f"+{c}" for c in wanted))
+
+
+def _has_swap_files(root: Path) -> bool:
+    return any(p.name == "memory.swap.max" for p in root.glob("*/memory.swap.max"))
+
+
+def _frozen(cgroup: Path) -> bool:
+    with cgroup_files.directory(str(cgroup)) as fd:
+        return cgroup_files.keyed("cgroup.events", fd, b"frozen") == 1
