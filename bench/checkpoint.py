@@ -1,6 +1,8 @@
 """Checkpoint and restore times of ctfs next to the raw criu commands, in one run.
 
-For two workloads of the busybox template, ``--runs`` times each (default 5):
+Workloads (``--workloads``, default all): ``busybox`` and ``debian``.
+
+busybox: for two workloads of the busybox template, ``--runs`` times each (default 5):
 
 - idle: init and syslogd;
 - 256 MiB: the same plus a busybox awk holding 256 MiB of touched memory;
@@ -18,13 +20,19 @@ it measures, alternating between the two sides,
    (ctfs.kernel.criu), by hand, on an equivalent process tree: a second container
    of the same template and workload, whose ctfsd has been SIGKILLed first so that
    nothing but criu touches it (containers do not depend on ctfsd); and the size of
-   its image directory;
+   its image directory.  What plain criu cannot take as it is (ctfs's views, FUSE
+   bind mounts) is declared to it by hand (bench.criu_sides says how);
 3. ``lxc-checkpoint`` on an LXC busybox container (network type empty), if LXC and
    its CRIU support work here; otherwise the reason is printed.
+
+debian: Debian 12 with PostgreSQL 15 and a client inserting a row every 100 ms over
+TCP, ctfs (private and host ids) next to raw criu, the client's longest gap
+included (bench.checkpoint_debian).
 
 Run it as root from the repository root::
 
     sudo .venv/bin/python -m bench.checkpoint [--runs N] [--skip-lxc]
+                                              [--workloads busybox,debian]
 """
 
 from __future__ import annotations
@@ -36,9 +44,9 @@ import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.checkpoint_debian import RAW_LABEL, DebianResult, bench_debian
 from bench.common import (
     BenchError,
     ensure_packages,
@@ -48,7 +56,8 @@ from bench.common import (
     safely,
     write_state,
 )
-from bench.start_stop import LxcContainer
+from bench.criu_sides import RawPeer, Side, ctfs_cycle
+from bench.lxc import LxcContainer
 from ctfs.kernel.criu import DEFAULT_BINARY
 from tests.ctfsd_harness import CTFS, Ctfsd, wait_for
 
@@ -58,30 +67,6 @@ HOG = (
     f'awk \'BEGIN {{ s = sprintf("%{HOG_MIB * 1024 * 1024}s", ""); '
     'system("exec sleep 1000000") }\' </dev/null >/dev/null 2>&1 &'
 )
-CRIU_DUMP_OPTIONS = ["--tcp-established", "--file-locks", "--link-remap", "--network-lock",
-                     "nftables"]  # fmt: skip
-CRIU_RESTORE_OPTIONS = ["--tcp-established", "--file-locks", "--link-remap",
-                        "--manage-cgroups=soft", "--cgroup-yard", "/sys/fs/cgroup"]  # fmt: skip
-
-
-@dataclass
-class Side:
-    freeze_ms: list[float] = field(default_factory=list)
-    restore_ms: list[float] = field(default_factory=list)
-    size: list[int] = field(default_factory=list)
-    # raw only: making the images durable (fsync), which ctfs's freeze includes.
-    sync_ms: list[float] = field(default_factory=list)
-
-    def row(self, label: str) -> str:
-        if not self.freeze_ms:
-            return f"  {label:<34} {'-':>10} {'-':>10} {'-':>10} {'-':>10}"
-        freeze = statistics.median(self.freeze_ms)
-        restore = statistics.median(self.restore_ms)
-        size = statistics.median(self.size) / 1024 / 1024
-        return (
-            f"  {label:<34} {freeze:>8.0f} ms {restore:>7.0f} ms {freeze + restore:>7.0f} ms "
-            f"{size:>7.1f} MiB"
-        )
 
 
 def exec_in(mount: Path, ctid: str, script: str) -> None:
@@ -107,45 +92,6 @@ def prepare(mount: Path, ctid: str, hog: bool, ids: str) -> Path:
     return ct
 
 
-def raw_cycle(daemon: Ctfsd, ctid: int, root: Path, pid: int, work: Path, into: Side) -> int:
-    """criu dump then criu restore -d of the tree of ``pid``; the restored init's PID."""
-    images = work / "images"
-    shutil.rmtree(images, ignore_errors=True)
-    images.mkdir(parents=True)
-    freezer = daemon.cgroup_dir("freezer", ctid)
-    dumped = must(
-        [str(DEFAULT_BINARY), "dump", "-t", str(pid), "-D", str(images), "--work-dir",
-         str(work), "-o", "dump.log", "--freeze-cgroup", str(freezer), *CRIU_DUMP_OPTIONS],
-        timeout=300,
-    )  # fmt: skip
-    into.freeze_ms.append(dumped * 1000)
-    into.size.append(sum(p.stat().st_size for p in images.iterdir()))
-    began = time.perf_counter()
-    for path in images.iterdir():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    into.sync_ms.append((time.perf_counter() - began) * 1000)
-    pidfile = work / "init.pid"
-    pidfile.unlink(missing_ok=True)
-    restored = must(
-        [str(DEFAULT_BINARY), "restore", "-d", "-D", str(images), "--work-dir", str(work),
-         "-o", "restore.log", "--pidfile", str(pidfile), "--root", str(root),
-         *CRIU_RESTORE_OPTIONS],
-        timeout=300,
-    )  # fmt: skip
-    into.restore_ms.append(restored * 1000)
-    return int(pidfile.read_text())
-
-
-def ctfs_cycle(ct: Path, state_dir: Path, into: Side) -> None:
-    into.freeze_ms.append(write_state(ct, "frozen") * 1000)
-    into.size.append((state_dir / ct.name / "dump").stat().st_size)
-    into.restore_ms.append(write_state(ct, "running") * 1000)
-
-
 def lxc_cycle(lxc: LxcContainer, work: Path, into: Side) -> None:
     images = work / "lxc-images"
     shutil.rmtree(images, ignore_errors=True)
@@ -169,45 +115,61 @@ def bench_workload(hog: bool, runs: int, ids: str) -> tuple[Side, Side, str]:
     ours, raw = Side(), Side()
     daemon = Ctfsd()
     peer_daemon = Ctfsd()
+    peer: RawPeer | None = None
     try:
         daemon.start()
         peer_daemon.start()
         ct = prepare(daemon.mount, "201", hog, ids)
-        peer = prepare(peer_daemon.mount, "202", hog, "host")
-        peer_pid = int((peer / "procs").read_text().split()[0])
-        # From here on nothing but criu touches the peer's tree.
-        peer_daemon.kill()
-        root = peer_daemon.state / "202" / "root"
+        prepare(peer_daemon.mount, "202", hog, "host")
         # Raw images on the same kind of filesystem as ctfs's dump: the peer's pool.
-        work = peer_daemon.state / "raw-criu"
+        peer = RawPeer(peer_daemon, 202, peer_daemon.state / "raw-criu")
+        peer.take_over()  # from here on nothing but criu touches the peer's tree
         ctfs_cycle(ct, daemon.state, Side())  # warm-up, both sides
-        peer_pid = raw_cycle(peer_daemon, 202, root, peer_pid, work, Side())
+        peer.cycle(Side())
         for _ in range(runs):
             # Each side starts with nothing of the other's left to write back.
             os.sync()
             ctfs_cycle(ct, daemon.state, ours)
             os.sync()
-            peer_pid = raw_cycle(peer_daemon, 202, root, peer_pid, work, raw)
+            peer.cycle(raw)
         breakdown = [
             line.split("Z ", 1)[1]
             for line in (ct / "events").read_text().splitlines()
             if " frozen: " in line or " restored: " in line
         ][-2:]
-        shutil.rmtree(work, ignore_errors=True)
     except BenchError:
         print_log_tail(daemon)
         raise
     finally:
+        if peer is not None:
+            safely("unmounting the raw peer's stand-ins", peer.close)
         safely("cleaning up ctfsd", daemon.cleanup)
         safely("cleaning up the peer", peer_daemon.cleanup)
     return ours, raw, "; ".join(breakdown)
 
 
-def main() -> int:
+WORKLOADS = ("busybox", "debian")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--skip-lxc", action="store_true")
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated, of {', '.join(WORKLOADS)} (default all)",
+    )
     args = parser.parse_args()
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    unknown = set(args.workloads) - set(WORKLOADS)
+    if unknown or not args.workloads or args.runs < 1:
+        parser.error(f"--workloads takes {', '.join(WORKLOADS)}; --runs at least 1")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
     if os.geteuid() != 0:
         raise BenchError("run it as root (sudo .venv/bin/python -m bench.checkpoint)")
     if not DEFAULT_BINARY.exists():
@@ -215,36 +177,85 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ctfs-bench-criu-"))
     results: dict[str, tuple[Side, Side, str]] = {}
     lxc_side, lxc_note = Side(), ""
+    debian: DebianResult | None = None
     try:
-        for ids in ("host", "private"):
-            for name, hog in (("idle", False), (f"{HOG_MIB} MiB", True)):
-                label = f"{name}, ctfs with {ids} ids"
-                print(f"{label}: {args.runs} freeze/restore cycles each ...", flush=True)
-                results[label] = bench_workload(hog, args.runs, ids)
-        if not args.skip_lxc:
-            lxc_side, lxc_note = bench_lxc(work, args.runs)
+        if "busybox" in args.workloads:
+            for ids in ("host", "private"):
+                for name, hog in (("idle", False), (f"{HOG_MIB} MiB", True)):
+                    label = f"{name}, ctfs with {ids} ids"
+                    print(f"{label}: {args.runs} freeze/restore cycles each ...", flush=True)
+                    results[label] = bench_workload(hog, args.runs, ids)
+            if not args.skip_lxc:
+                lxc_side, lxc_note = bench_lxc(work, args.runs)
+        if "debian" in args.workloads:
+            print(f"Debian 12 + PostgreSQL: {args.runs} cycles each with a client ...", flush=True)
+            debian = bench_debian(args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if results:
+        print_busybox(args.runs, results, lxc_side, lxc_note)
+    if debian is not None:
+        print_debian(args.runs, debian)
+    return 0
 
-    print(f"\nmedians of {args.runs} runs   {'freeze':>11} {'restore':>10} {'round trip':>10}"
-          f" {'image':>11}")  # fmt: skip
+
+def header(runs: int, gap: bool = False) -> str:
+    return (
+        f"medians of {runs} runs   {'freeze':>11} {'restore':>10} {'round trip':>10}"
+        f" {'image':>11}" + (f" {'client gap':>11}" if gap else "")
+    )
+
+
+def print_fsync(raw: Side) -> None:
+    if raw.sync_ms:
+        print(f"  {'  + fsync of the raw images':<34} {statistics.median(raw.sync_ms):>8.0f} ms"
+              "  (ctfs's freeze includes making its dump durable)")  # fmt: skip
+
+
+def difference(ours: Side, raw: Side) -> str:
+    """How much ctfs adds to raw CRIU's round trip, or nothing if one is missing."""
+    if not (ours.freeze_ms and raw.freeze_ms):
+        return ""
+    total = statistics.median(ours.freeze_ms) + statistics.median(ours.restore_ms)
+    raw_total = statistics.median(raw.freeze_ms) + statistics.median(raw.restore_ms)
+    return f"ctfs adds {100 * (total / raw_total - 1):+.1f} % to raw CRIU's round trip"
+
+
+def print_busybox(
+    runs: int, results: dict[str, tuple[Side, Side, str]], lxc_side: Side, lxc_note: str
+) -> None:
+    print(f"\n{header(runs)}")
     for name, (ours, raw, breakdown) in results.items():
         print(f"{name}")
         print(ours.row("ctfs (echo frozen / echo running)"))
         print(raw.row("raw criu dump / criu restore -d"))
-        if raw.sync_ms:
-            print(f"  {'  + fsync of the raw images':<34} {statistics.median(raw.sync_ms):>8.0f} ms"
-                  "  (ctfs's freeze includes making its dump durable)")  # fmt: skip
-        if ours.freeze_ms and raw.freeze_ms:
-            total = statistics.median(ours.freeze_ms) + statistics.median(ours.restore_ms)
-            raw_total = statistics.median(raw.freeze_ms) + statistics.median(raw.restore_ms)
-            print(f"  ctfs adds {100 * (total / raw_total - 1):+.1f} % to raw CRIU's round trip")
+        print_fsync(raw)
+        if difference(ours, raw):
+            print(f"  {difference(ours, raw)}")
             print(f"  ctfs's last cycle, from events: {breakdown}")
     print("idle, LXC")
     print(lxc_side.row("lxc-checkpoint -s / -r"))
     if lxc_note:
         print(f"  lxc-checkpoint: {lxc_note}")
-    return 0
+
+
+def print_debian(runs: int, result: DebianResult) -> None:
+    print("\nDebian 12 + PostgreSQL 15 (systemd 252), a client inserting a row every 100 ms")
+    print(f"{header(runs, gap=True)}")
+    print("  (ctfs: echo frozen / echo running; client gap: its longest wait for an insert)")
+    raw = result.sides.get(RAW_LABEL, Side())
+    for label, side in result.sides.items():
+        print(side.row(label))
+    print_fsync(raw)
+    for label, side in result.sides.items():
+        if label != RAW_LABEL and difference(side, raw):
+            print(f"  {label}: {difference(side, raw)}")
+    for label, side in result.sides.items():
+        if side.gap_ms:
+            gaps = ", ".join(f"{gap:.0f}" for gap in side.gap_ms)
+            print(f"  client gaps, {label}: {gaps} ms (every row there once, one session)")
+    for note in result.notes:
+        print(f"  {note}")
 
 
 def bench_lxc(work: Path, runs: int) -> tuple[Side, str]:

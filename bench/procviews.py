@@ -55,8 +55,9 @@ from bench.common import (
     uninterrupted,
     write_state,
 )
+from bench.lxc import LXCFS_PACKAGES, Lxcfs
 from bench.scrape import parse_counts, process_cpu_s
-from bench.start_stop import LXCFS_PACKAGES, Lxcfs, remove_ctfs_container
+from bench.start_stop import remove_ctfs_container
 from tests.ctfsd_harness import CTFS, Ctfsd, write_errno
 
 CTID = 101
