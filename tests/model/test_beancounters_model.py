@@ -80,6 +80,10 @@ def test_a_limit_the_kernel_keeps_is_watched_only_below_a_barrier(run: Run) -> N
 def test_a_limit_set_under_what_is_held_is_noticed_at_once(run: Run) -> None:
     async def scenario(host: Host) -> None:
         ct = await _running(host)
+        # init runs once the start returns; syslogd comes a moment later.
+        with trio.fail_after(10):
+            while len(ct.backends.cgroups.pids(ct.ctid)) < 2:
+                await trio.sleep(0.01)
         await resources.set_limits(ct, {"numproc": (1, 1)})  # init and syslogd run
         assert ct.usage.crossed == {"numproc": "limit"}
         assert "above its limit 1 (enforced by the kernel)" in ct.events.render()
