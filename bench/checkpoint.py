@@ -189,7 +189,10 @@ def main() -> int:
                 lxc_side, lxc_note = bench_lxc(work, args.runs)
         if "debian" in args.workloads:
             print(f"Debian 12 + PostgreSQL: {args.runs} cycles each with a client ...", flush=True)
-            debian = bench_debian(args.runs)
+            try:
+                debian = bench_debian(args.runs)
+            except BenchError as exc:
+                debian = DebianResult(notes=[f"not measured: {exc}"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if results:

@@ -93,8 +93,13 @@ def boot_clock(inside: Runner) -> BootClock:
 
 
 def failed_units(inside: Runner) -> str:
+    """The failed units, each with the last lines its journal has for this boot."""
     done = inside(["systemctl", "--failed", "--plain", "--no-legend", "--no-pager"])
-    return " ".join(line.split()[0] for line in done.stdout.splitlines() if line.strip())
+    found = []
+    for unit in (line.split()[0] for line in done.stdout.splitlines() if line.strip()):
+        journal = inside(["journalctl", "-b", "-u", unit, "-n", "3", "-o", "cat", "--no-pager"])
+        found.append(f"{unit} ({' / '.join(journal.stdout.strip().splitlines())})")
+    return "; ".join(found)
 
 
 # ------------------------------------------------------------------- network
