@@ -21,11 +21,32 @@ from pathlib import Path
 import pytest
 
 from ctfs.keeper import paths_for
+from ctfs.kernel.cgroup_mode import detect
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# A unified (cgroup v2 only) host keeps every controller's files in one directory
+# per cgroup: cgroup_dir() then gives that one whatever controller is named.
+UNIFIED = detect(CGROUP_ROOT) == "unified"
 CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids")
 # Hierarchies ctfsd also gives each container a cgroup in (when the host has them).
-HIERARCHIES = (*CONTROLLERS, "systemd", "unified")
+HIERARCHIES = ("unified",) if UNIFIED else (*CONTROLLERS, "systemd", "unified")
+
+
+def cgroup_parents(parent: str) -> list[Path]:
+    """The directories of cgroup parent ``parent``, one per hierarchy of this host."""
+    if UNIFIED:
+        return [CGROUP_ROOT / parent]
+    return [CGROUP_ROOT / hierarchy / parent for hierarchy in HIERARCHIES]
+
+
+def remove_cgroup_trees(parent: str) -> None:
+    """Remove cgroup parent ``parent`` and everything below it, in every hierarchy."""
+    for top in cgroup_parents(parent):
+        for directory, _, _ in os.walk(top, topdown=False):
+            with contextlib.suppress(OSError):
+                Path(directory).rmdir()
+
+
 CTFSD = Path(sys.executable).with_name("ctfsd")
 CTFS = Path(sys.executable).with_name("ctfs")
 SYSTEM_TEMPLATE_CACHE = Path("/var/cache/ctfs/templates")
@@ -226,7 +247,9 @@ class Ctfsd:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def cgroup_dir(self, controller: str, ctid: int | None = None) -> Path:
-        path = CGROUP_ROOT / controller / self.cgroup_parent
+        path = CGROUP_ROOT / self.cgroup_parent
+        if not UNIFIED:
+            path = CGROUP_ROOT / controller / self.cgroup_parent
         return path / str(ctid) if ctid is not None else path
 
     def container_pids(self, ctid: int) -> list[int]:
@@ -238,9 +261,14 @@ class Ctfsd:
         return found
 
     def kill_container(self, ctid: int) -> None:
-        """End a container's processes through its freezer cgroup, by PID."""
+        """End a container's processes through its freezer cgroup, by PID
+        (through cgroup.kill on a unified host)."""
         freezer = self.cgroup_dir("freezer", ctid)
         if not freezer.exists():
+            return
+        if UNIFIED:
+            (freezer / "cgroup.kill").write_text("1")
+            wait_for(lambda: not self.container_pids(ctid), timeout=10)
             return
         (freezer / "freezer.state").write_text("FROZEN")
         for pid in self.container_pids(ctid):
@@ -250,13 +278,7 @@ class Ctfsd:
         wait_for(lambda: not self.container_pids(ctid), timeout=10)
 
     def remove_cgroups(self) -> None:
-        for hierarchy in HIERARCHIES:
-            parent = self.cgroup_dir(hierarchy)
-            if not parent.exists():
-                continue
-            for directory, _, _ in os.walk(parent, topdown=False):
-                with contextlib.suppress(OSError):
-                    Path(directory).rmdir()
+        remove_cgroup_trees(self.cgroup_parent)
 
     def cleanup(self) -> None:
         if self.proc is not None:

@@ -21,12 +21,11 @@ import pytest
 import trio
 
 from ctfs.kernel import backends, cgroup_mode, storage
-from ctfs.kernel.cgroup_v1 import remove_cgroup_dir
 from ctfs.kernel.templates import TemplateStore
 from ctfs.model import lifecycle
 from ctfs.model.container import State
 from ctfs.model.host import Host
-from tests.ctfsd_harness import SYSTEM_TEMPLATE_CACHE
+from tests.ctfsd_harness import SYSTEM_TEMPLATE_CACHE, remove_cgroup_trees
 
 Scenario = Callable[[Host], Awaitable[None]]
 
@@ -70,11 +69,7 @@ class ModelBed:
         for ctid in self.cgroups.populated():
             with contextlib.suppress(OSError):
                 self.cgroups.kill_all(ctid)
-        for hierarchy in self.cgroups.hierarchies:
-            parent = Path("/sys/fs/cgroup") / hierarchy / self.parent
-            for directory, _, _ in os.walk(parent, topdown=False):
-                with contextlib.suppress(OSError):
-                    remove_cgroup_dir(Path(directory))
+        remove_cgroup_trees(self.parent)
         subprocess.run(["umount", "-l", str(self.state)], capture_output=True, check=False)
         shutil.rmtree(self.base, ignore_errors=True)
 
