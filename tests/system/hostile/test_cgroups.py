@@ -62,3 +62,16 @@ def test_a_process_in_a_sub_cgroup_is_still_the_containers(ctfsd: Ctfsd, running
     assert write_errno(running / "state", b"stopped") == 0
     assert not Path(f"/proc/{moved[0]}").exists()
     assert not ctfsd.cgroup_dir("pids", ctid).exists()
+
+
+@pytest.mark.parametrize("name", ["cgroup.freeze", "cgroup.kill", "cgroup.max.descendants"])
+def test_its_own_cgroup2_tree_does_not_give_its_root_the_hosts_files(
+    ctfsd: Ctfsd, private: Path, name: str
+) -> None:
+    # /sys/fs/cgroup inside is its own cgroup: what the host set there stays the host's.
+    done = ctfs_exec(private, "sh", "-c", f"echo 1 > /sys/fs/cgroup/{name}")
+    assert done.returncode != 0
+    assert "Permission denied" in done.stderr
+    top = ctfsd.cgroup_dir("unified", int(private.name))
+    assert (top / "cgroup.freeze").read_text().strip() == "0"
+    assert (private / "state").read_text().strip() == "running"
