@@ -39,6 +39,13 @@ def cgroup_parents(parent: str) -> list[Path]:
     return [CGROUP_ROOT / hierarchy / parent for hierarchy in HIERARCHIES]
 
 
+def cgroup_of(parent: str, controller: str, ctid: int) -> Path:
+    """Container ``ctid``'s cgroup for ``controller`` under ``parent`` (one on v2)."""
+    if UNIFIED:
+        return CGROUP_ROOT / parent / str(ctid)
+    return CGROUP_ROOT / controller / parent / str(ctid)
+
+
 def remove_cgroup_trees(parent: str) -> None:
     """Remove cgroup parent ``parent`` and everything below it, in every hierarchy."""
     for top in cgroup_parents(parent):

@@ -18,6 +18,7 @@ from ctfs.model import resources, state
 from ctfs.model.container import Container
 from ctfs.model.host import Host
 from ctfs.policy.sizes import UNLIMITED
+from tests.ctfsd_harness import UNIFIED, cgroup_of
 from tests.model.conftest import Scenario
 
 Run = Callable[[Scenario], None]
@@ -151,7 +152,7 @@ def test_a_reading_of_some_groups_leaves_the_others_at_zero(run: Run) -> None:
 def test_the_processes_in_cgroups_below_are_the_containers_too(run: Run) -> None:
     async def scenario(host: Host) -> None:
         ct = await _running(host)
-        top = Path(f"/sys/fs/cgroup/pids/{host.backends.cgroups.parent}/{ct.ctid}")
+        top = cgroup_of(host.backends.cgroups.parent, "pids", ct.ctid)
         below = top / "below" / "deeper"
         below.mkdir(parents=True)
         try:
@@ -187,8 +188,8 @@ def test_descriptors_are_counted_again_once_a_process_ran(run: Run) -> None:
         assert opener.stdin is not None and opener.stdout is not None
         try:
             parent = host.backends.cgroups.parent
-            for hierarchy in ("pids", "cpuacct"):
-                procs = Path(f"/sys/fs/cgroup/{hierarchy}/{parent}/{ct.ctid}/cgroup.procs")
+            for hierarchy in ("pids", "cpuacct") if not UNIFIED else ("pids",):
+                procs = cgroup_of(parent, hierarchy, ct.ctid) / "cgroup.procs"
                 procs.write_text(str(opener.pid))
             counted: list[frozenset[Counted]] = []
             count = host.backends.processes.count

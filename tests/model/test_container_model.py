@@ -16,6 +16,7 @@ from ctfs.model import caller, resources, settings, state
 from ctfs.model.container import Container, State
 from ctfs.model.host import Host
 from ctfs.policy import idmap
+from tests.ctfsd_harness import cgroup_of
 from tests.model.conftest import Scenario
 
 Run = Callable[[Scenario], None]
@@ -24,7 +25,7 @@ _ctids = itertools.count(301)
 
 def _pids_max(host: Host, ct: Container) -> str:
     parent = host.backends.cgroups.parent
-    return Path(f"/sys/fs/cgroup/pids/{parent}/{ct.ctid}/pids.max").read_text().strip()
+    return (cgroup_of(parent, "pids", ct.ctid) / "pids.max").read_text().strip()
 
 
 async def _running(host: Host) -> Container:
@@ -95,7 +96,7 @@ def test_reconcile_brings_the_kernel_back_to_ctid_conf(run: Run) -> None:
         ct = await _running(host)
         await resources.set_limits(ct, {"numproc": (77, 77)})
         parent = host.backends.cgroups.parent
-        Path(f"/sys/fs/cgroup/pids/{parent}/{ct.ctid}/pids.max").write_text("78")
+        (cgroup_of(parent, "pids", ct.ctid) / "pids.max").write_text("78")
         await trio.to_thread.run_sync(settings.reconcile, ct)
         assert _pids_max(host, ct) == "77"
 
