@@ -15,6 +15,8 @@ The units are the Protocol's: CPU weight as a fraction of the largest (cpu.weigh
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import time
 from collections.abc import Sequence
@@ -215,6 +217,8 @@ class CgroupsV2:
 
     def set_memory_limits(self, ctid: int, limits: MemoryLimits) -> None:
         top = self._dir(ctid)
+        if limits.ram is not None:
+            _reclaim_to(top, limits.ram)
         _write(top / "memory.max", _limit(limits.ram))
         _write(top / "memory.high", _limit(limits.ram_soft))
         if Enforceable.SWAP in self.enforces:
@@ -240,6 +244,26 @@ class CgroupsV2:
 def cpu_weight(weight: float) -> int:
     """cpu.weight for a version-neutral CPU weight (a fraction of the largest)."""
     return max(1, min(WEIGHT_MAX, round(weight * WEIGHT_MAX)))
+
+
+def _reclaim_to(cgroup: Path, limit: int) -> None:
+    """Bring the cgroup's memory down to ``limit`` first, or refuse (EBUSY).
+
+    v1 refuses a RAM limit it cannot reclaim down to (EBUSY); v2 takes any
+    memory.max and then OOM-kills inside.  The same setting must mean the same on
+    both, and a refused one must change nothing: so reclaim first (memory.reclaim)
+    and write memory.max only if the usage fits.
+    """
+    with cgroup_files.directory(str(cgroup)) as fd:
+        used = cgroup_files.number("memory.current", fd)
+    if used <= limit:
+        return
+    with contextlib.suppress(OSError):  # EAGAIN: it could not reclaim all of it
+        _write(cgroup / "memory.reclaim", str(used - limit))
+    with cgroup_files.directory(str(cgroup)) as fd:
+        used = cgroup_files.number("memory.current", fd)
+    if used > limit:
+        raise OSError(errno.EBUSY, f"{used} bytes in use cannot be reclaimed below {limit}")
 
 
 def _limit(value: int | None) -> str:

@@ -28,6 +28,7 @@ _ctids = itertools.count(351)
 async def _running(host: Host) -> Container:
     ct = await host.create(str(next(_ctids)))
     await state.request(ct, "running")
+    await _booted(ct)
     return ct
 
 
@@ -52,7 +53,16 @@ async def _running_with(host: Host, limits: dict[str, tuple[int, int]]) -> Conta
     ct = await host.create(str(next(_ctids)))
     await resources.set_limits(ct, limits)
     await state.request(ct, "running")
+    await _booted(ct)
     return ct
+
+
+async def _booted(ct: Container) -> None:
+    """init runs once the start returns; syslogd comes a moment later (rcS, which
+    starts it, may count as the second process meanwhile)."""
+    with trio.fail_after(30):
+        while not _runs(ct, "syslogd"):
+            await trio.sleep(0.01)
 
 
 @pytest.mark.usefixtures("quiet_sampler")
@@ -91,11 +101,6 @@ def test_a_limit_the_kernel_keeps_is_watched_only_below_a_barrier(run: Run) -> N
 def test_a_limit_set_under_what_is_held_is_noticed_at_once(run: Run) -> None:
     async def scenario(host: Host) -> None:
         ct = await _running(host)
-        # init runs once the start returns; syslogd comes a moment later (rcS, which
-        # starts it, may count as the second process meanwhile).
-        with trio.fail_after(10):
-            while not _runs(ct, "syslogd"):
-                await trio.sleep(0.01)
         await resources.set_limits(ct, {"numproc": (1, 1)})  # init and syslogd run
         assert ct.usage.crossed == {"numproc": "limit"}
         assert "above its limit 1 (enforced by the kernel)" in ct.events.render()
@@ -187,6 +192,9 @@ def test_descriptors_are_counted_again_once_a_process_ran(run: Run) -> None:
         )
         assert opener.stdin is not None and opener.stdout is not None
         try:
+            # Moved in once it waits: Python starting up would count as having run.
+            assert opener.stdout.readline() == "ready\n"
+            await _booted(ct)
             parent = host.backends.cgroups.parent
             for hierarchy in ("pids", "cpuacct") if not UNIFIED else ("pids",):
                 procs = cgroup_of(parent, hierarchy, ct.ctid) / "cgroup.procs"
@@ -218,6 +226,7 @@ def test_descriptors_are_counted_again_once_a_process_ran(run: Run) -> None:
 # Waits for a line, opens five files, says so, and waits again.
 _OPENER = """
 import os, sys
+print("ready", flush=True)
 sys.stdin.readline()
 files = [os.open("/etc/hostname", os.O_RDONLY) for _ in range(5)]
 print("opened", flush=True)
