@@ -11,7 +11,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ctfs import kernel
@@ -183,29 +183,8 @@ class CgroupsV1:
         return names
 
     def make_own_cgroups(self, ctid: int, names: Sequence[str], uid: int | None) -> None:
-        wanted = [self._own_cgroup(ctid, name) for name in names]
-        if len(wanted) > OWN_CGROUPS_MAX:
-            raise ValueError(f"{len(wanted)} cgroups of its own; at most {OWN_CGROUPS_MAX}")
-        for path in sorted(wanted, key=lambda p: len(p.parts)):
-            if path.is_dir():
-                continue
-            self._ensure_dir(path, path.parent)
-            if uid is not None:
-                # As the kernel makes them for a delegatee: the directory and every
-                # file in it are the maker's.
-                for entry in (path, *path.iterdir()):
-                    os.chown(entry, uid, uid, follow_symlinks=False)
-
-    def _own_cgroup(self, ctid: int, name: str) -> Path:
-        hierarchy, _, below = name.partition("/")
-        parts = below.split("/")
-        if (
-            hierarchy not in self.hierarchies
-            or any(part in ("", ".", "..") or "\0" in part for part in parts)
-            or len(parts) > OWN_CGROUPS_DEPTH
-        ):
-            raise ValueError(f"not a cgroup of the container's own: {name!r}")
-        return self._dir(hierarchy, ctid).joinpath(*parts)
+        tops = {h: self._dir(h, ctid) for h in self.hierarchies}
+        make_own_cgroups(own_cgroup_paths(names, tops), uid, self._ensure_dir)
 
     def container_of(self, pid: int) -> int | None:
         # Asked on every request from inside a container: bytes from os.read rather
@@ -302,6 +281,41 @@ class CgroupsV1:
             if entry.is_dir() and entry.name.isdigit():
                 found.append(int(entry.name))
         return sorted(found)
+
+
+def own_cgroup_paths(names: Sequence[str], tops: dict[str, Path]) -> list[Path]:
+    """Where the cgroups ``names`` ("HIERARCHY/a/b") go below the container's
+    ``tops``, parents first; ValueError, before anything is made, for a name that
+    could leave them (a dump file is input)."""
+    if len(names) > OWN_CGROUPS_MAX:
+        raise ValueError(f"{len(names)} cgroups of its own; at most {OWN_CGROUPS_MAX}")
+    paths = []
+    for name in names:
+        hierarchy, _, below = name.partition("/")
+        parts = below.split("/")
+        if (
+            hierarchy not in tops
+            or any(part in ("", ".", "..") or "\0" in part for part in parts)
+            or len(parts) > OWN_CGROUPS_DEPTH
+        ):
+            raise ValueError(f"not a cgroup of the container's own: {name!r}")
+        paths.append(tops[hierarchy].joinpath(*parts))
+    return sorted(paths, key=lambda p: len(p.parts))
+
+
+def make_own_cgroups(
+    paths: Sequence[Path], uid: int | None, make: Callable[[Path, Path], None]
+) -> None:
+    """Make the missing ones of ``paths`` (parents first) with ``make(path, parent)``,
+    owned by ``uid`` as the kernel makes them for a delegatee: the directory and
+    every file in it."""
+    for path in paths:
+        if path.is_dir():
+            continue
+        make(path, path.parent)
+        if uid is not None:
+            for entry in (path, *path.iterdir()):
+                os.chown(entry, uid, uid, follow_symlinks=False)
 
 
 def cpu_shares(weight: float) -> int:

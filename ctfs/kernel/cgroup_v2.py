@@ -39,8 +39,8 @@ from ctfs.kernel.api import (
 )
 from ctfs.kernel.cgroup_v1 import (
     CPUS_TTL_S,
-    OWN_CGROUPS_DEPTH,
-    OWN_CGROUPS_MAX,
+    make_own_cgroups,
+    own_cgroup_paths,
     parse_cpu_list,
     remove_cgroup_dir,
 )
@@ -149,27 +149,8 @@ class CgroupsV2:
         return names
 
     def make_own_cgroups(self, ctid: int, names: Sequence[str], uid: int | None) -> None:
-        wanted = [self._own_cgroup(ctid, name) for name in names]
-        if len(wanted) > OWN_CGROUPS_MAX:
-            raise ValueError(f"{len(wanted)} cgroups of its own; at most {OWN_CGROUPS_MAX}")
-        for path in sorted(wanted, key=lambda p: len(p.parts)):
-            if path.is_dir():
-                continue
-            path.mkdir()
-            if uid is not None:
-                for entry in (path, *path.iterdir()):
-                    os.chown(entry, uid, uid, follow_symlinks=False)
-
-    def _own_cgroup(self, ctid: int, name: str) -> Path:
-        hierarchy, _, below = name.partition("/")
-        parts = below.split("/")
-        if (
-            hierarchy != UNIFIED
-            or any(part in ("", ".", "..") or "\0" in part for part in parts)
-            or len(parts) > OWN_CGROUPS_DEPTH
-        ):
-            raise ValueError(f"not a cgroup of the container's own: {name!r}")
-        return self._dir(ctid).joinpath(*parts)
+        paths = own_cgroup_paths(names, {UNIFIED: self._dir(ctid)})
+        make_own_cgroups(paths, uid, lambda path, _: path.mkdir())
 
     def container_of(self, pid: int) -> int | None:
         try:

@@ -77,14 +77,19 @@ def test_cgroups_made_inside_are_back_after_a_restore_owned_by_its_root(
     _in(private, "rmdir /sys/fs/cgroup/app.slice/empty.service")
 
 
-def test_a_failed_restore_keeps_criu_log_and_events_names_it(ctfsd: Ctfsd, running: Path) -> None:
-    assert write_errno(running / "state", b"frozen") == 0
-    busybox = ctfsd.state / running.name / "root" / "bin" / "busybox"
+def _fail_a_restore(ctfsd: Ctfsd, ct: Path) -> None:
+    """Freeze ``ct`` and have its restore fail: its processes run /bin/busybox."""
+    assert write_errno(ct / "state", b"frozen") == 0
+    busybox = ctfsd.state / ct.name / "root" / "bin" / "busybox"
     busybox.rename(busybox.with_name("busybox.away"))
     try:
-        assert write_errno(running / "state", b"running") == errno.EIO
+        assert write_errno(ct / "state", b"running") == errno.EIO
     finally:
         busybox.with_name("busybox.away").rename(busybox)
+
+
+def test_a_failed_restore_keeps_criu_log_and_events_names_it(ctfsd: Ctfsd, running: Path) -> None:
+    _fail_a_restore(ctfsd, running)
     last = (running / "events").read_text().splitlines()[-1]
     named = re.search(r"\(CRIU's log: (\S+)\)", last)
     assert named, last
@@ -95,13 +100,7 @@ def test_a_failed_restore_keeps_criu_log_and_events_names_it(ctfsd: Ctfsd, runni
 
 
 def test_a_failed_restore_leaves_no_criu_process_behind(ctfsd: Ctfsd, running: Path) -> None:
-    assert write_errno(running / "state", b"frozen") == 0
-    busybox = ctfsd.state / running.name / "root" / "bin" / "busybox"
-    busybox.rename(busybox.with_name("busybox.away"))
-    try:
-        assert write_errno(running / "state", b"running") == errno.EIO
-    finally:
-        busybox.with_name("busybox.away").rename(busybox)
+    _fail_a_restore(ctfsd, running)
     assert ctfsd.proc is not None
     assert wait_for(lambda: _children_named(ctfsd.proc.pid, "criu") == [], timeout=5)
     assert write_errno(running / "state", b"running") == 0
