@@ -37,7 +37,7 @@ def _runs(ct: Container, name: str) -> bool:
         try:
             if Path(f"/proc/{pid}/comm").read_text().strip() == name:
                 return True
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
             continue
     return False
 
