@@ -60,15 +60,20 @@ class Joined:
     """What a joining process keeps for the child it forks next (see ``join_container``).
 
     ``birth``: the container's unified cgroup, for ``libc.fork_into_cgroup``;
-    ``user``: its user namespace, which the child enters (``enter_user``).  A plain
-    class: every ctfs exec imports this module, and dataclasses would cost it ``re``.
+    ``user``: its user namespace, which the child enters (``enter_user``);
+    ``cgroup``: its cgroup namespace, when the child is born into ``birth``: the
+    child enters it (``enter_user``), because with nsdelegate (every cgroup v2 host)
+    the kernel refuses a clone3 into a cgroup from outside the caller's cgroup
+    namespace (ENOENT).  A plain class: every ctfs exec imports this module, and
+    dataclasses would cost it ``re``.
     """
 
-    __slots__ = ("birth", "user")
+    __slots__ = ("birth", "cgroup", "user")
 
     def __init__(self, birth: int | None, user: int | None) -> None:
         self.birth = birth
         self.user = user
+        self.cgroup: int | None = None
 
 
 def join_container(init_pid: int) -> Joined:
@@ -117,6 +122,8 @@ def join_container(init_pid: int) -> Joined:
                 libc.prctl(libc.PR_CAPBSET_DROP, cap)
         # As the host's root: the container's namespaces belong to its user
         # namespace, of which the host's root is an ancestor.
+        if joined.birth is not None and "cgroup" in ns_fds:
+            joined.cgroup = ns_fds.pop("cgroup")
         for ns in ALL_NAMESPACES:
             if ns in ns_fds:
                 libc.setns(ns_fds[ns])
@@ -127,7 +134,10 @@ def join_container(init_pid: int) -> Joined:
 
 
 def enter_user(joined: Joined) -> None:
-    """In the forked child: become root of the container's user namespace, if it has one."""
+    """In the forked child: enter the container's cgroup namespace if the parent
+    left it to the child, then become root of its user namespace, if it has one."""
+    if joined.cgroup is not None:
+        libc.setns(joined.cgroup)
     if joined.user is None:
         return
     userns.become_root(joined.user)
