@@ -3,7 +3,8 @@
 Pure: Protocols and frozen dataclasses, no I/O, so every layer may import it.  The
 model holds one ``Backends`` built at startup (``ctfs.kernel.backends.real``) and
 never imports an implementation.  What the kernel reports (counters, the readings
-of the views) is in ``ctfs.kernel.readings``, re-exported here.  Units are
+of the views) is in ``ctfs.kernel.readings``, and what ctfsd asks the launcher in
+``ctfs.kernel.launch_values``, both re-exported here.  Units are
 version-neutral: a cgroup v1 and a v2 backend take the same values and translate
 them to their own files.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ctfs.kernel import readings
+from ctfs.kernel import launch_values, readings
 
 # What the kernel reports, re-exported (see ctfs.kernel.readings).
 Counted = readings.Counted
@@ -29,6 +30,10 @@ TaskStates = readings.TaskStates
 ProcessCounts = readings.ProcessCounts
 Disk = readings.Disk
 DiskIo = readings.DiskIo
+
+# What ctfsd sends the launcher and gets back, re-exported (see ctfs.kernel.launch_values).
+LaunchRequest = launch_values.LaunchRequest
+LaunchReply = launch_values.LaunchReply
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -343,36 +348,6 @@ class Placement:
 
 
 # --------------------------------------------------------- launcher, CRIU
-
-
-@dataclass(frozen=True)
-class LaunchRequest:
-    """Everything the launcher needs to make a container's init (sent as JSON)."""
-
-    root: str
-    hostname: str
-    init: list[str]
-    cgroup_join: list[str]
-    drop_caps: list[int]
-    env: dict[str, str]
-    hold: bool = False
-    # The first host id of the container's private id range; None: the host's ids.
-    id_base: int | None = None
-    # Init (or what makes it) is born in this cgroup2 directory; see Cgroups.birth_cgroup.
-    cgroup_birth: str | None = None
-    # [host path, path inside]: files and directories of ctfs bound into the container
-    # (see ctfs.kernel.view_mounts); a directory's parent inside gets a tmpfs of its own.
-    views: list[list[str]] | None = None
-
-
-@dataclass(frozen=True)
-class LaunchReply:
-    """The host PID of the container's init, or why there is none."""
-
-    pid: int | None = None
-    error: str = ""
-    # A failed start's process that ctfsd, its subreaper, is left to reap.
-    orphan: int | None = None
 
 
 BeforeExec = Callable[[int], Awaitable[None]]

@@ -173,14 +173,7 @@ class CgroupsV1:
         )
 
     def own_cgroups(self, ctid: int) -> list[str]:
-        names: list[str] = []
-        for hierarchy in self.hierarchies:
-            top = self._dir(hierarchy, ctid)
-            for directory, subdirs, _ in os.walk(top):
-                subdirs.sort()
-                below = Path(directory).relative_to(top)
-                names.extend(f"{hierarchy}/{below / name}" for name in subdirs)
-        return names
+        return own_cgroup_names({h: self._dir(h, ctid) for h in self.hierarchies})
 
     def make_own_cgroups(self, ctid: int, names: Sequence[str], uid: int | None) -> None:
         tops = {h: self._dir(h, ctid) for h in self.hierarchies}
@@ -281,6 +274,18 @@ class CgroupsV1:
             if entry.is_dir() and entry.name.isdigit():
                 found.append(int(entry.name))
         return sorted(found)
+
+
+def own_cgroup_names(tops: dict[str, Path]) -> list[str]:
+    """Every cgroup below the container's ``tops`` (by hierarchy), parents first,
+    as "HIERARCHY/a/b": the names ``own_cgroup_paths`` reads back."""
+    names: list[str] = []
+    for hierarchy, top in tops.items():
+        for directory, subdirs, _ in os.walk(top):
+            subdirs.sort()
+            below = Path(directory).relative_to(top)
+            names.extend(f"{hierarchy}/{below / name}" for name in subdirs)
+    return names
 
 
 def own_cgroup_paths(names: Sequence[str], tops: dict[str, Path]) -> list[Path]:

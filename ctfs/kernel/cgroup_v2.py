@@ -40,6 +40,7 @@ from ctfs.kernel.api import (
 from ctfs.kernel.cgroup_v1 import (
     CPUS_TTL_S,
     make_own_cgroups,
+    own_cgroup_names,
     own_cgroup_paths,
     parse_cpu_list,
     remove_cgroup_dir,
@@ -140,13 +141,7 @@ class CgroupsV2:
         )
 
     def own_cgroups(self, ctid: int) -> list[str]:
-        top = self._dir(ctid)
-        names: list[str] = []
-        for directory, subdirs, _ in os.walk(top):
-            subdirs.sort()
-            below = Path(directory).relative_to(top)
-            names.extend(f"{UNIFIED}/{below / name}" for name in subdirs)
-        return names
+        return own_cgroup_names({UNIFIED: self._dir(ctid)})
 
     def make_own_cgroups(self, ctid: int, names: Sequence[str], uid: int | None) -> None:
         paths = own_cgroup_paths(names, {UNIFIED: self._dir(ctid)})

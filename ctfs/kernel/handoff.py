@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from ctfs.kernel import libc, seccomp
-from ctfs.kernel.api import LaunchReply, LaunchRequest
 from ctfs.kernel.container_mounts import Step, step
+from ctfs.kernel.launch_values import LaunchReply, LaunchRequest
 
 _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914

@@ -24,9 +24,9 @@ import time
 from dataclasses import replace
 
 from ctfs.kernel import libc, userns, view_mounts
-from ctfs.kernel.api import LaunchReply, LaunchRequest
 from ctfs.kernel.container_mounts import Owner, Step, mount_filesystems, pivot, step
 from ctfs.kernel.handoff import born, exec_init, hand_over, loopback_up, run_init
+from ctfs.kernel.launch_values import LaunchReply, LaunchRequest
 from ctfs.policy import idmap
 
 OWNED = libc.CLONE_NEWNET | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWCGROUP

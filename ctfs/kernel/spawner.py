@@ -13,7 +13,7 @@ the container's own /dev/null); nothing mounted here propagates to the host (the
 new mount namespace is made private before anything is mounted).
 
 It must import quickly: the standard library, ``ctfs.kernel.libc`` and the plain
-value types of ``ctfs.kernel.api``.
+values of ``ctfs.kernel.launch_values``.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import sys
 from dataclasses import asdict
 
 from ctfs.kernel import libc, spawn_private, view_mounts
-from ctfs.kernel.api import LaunchReply, LaunchRequest
 from ctfs.kernel.container_mounts import mount_filesystems, pivot, step
 from ctfs.kernel.handoff import born, exec_init, hand_over, loopback_up, run_init
+from ctfs.kernel.launch_values import LaunchReply, LaunchRequest
 
 NAMESPACES = (
     libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWNET | libc.CLONE_NEWPID
