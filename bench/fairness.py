@@ -1,18 +1,20 @@
 """Does ctfs deliver the CPU and disk shares it is asked for?  Percent error, next to raw cgroups.
 
 What it measures, on a private ctfsd (``tests.ctfsd_harness.Ctfsd``) and, in the same
-run, on a peer made of plain cgroup v1 files (``/sys/fs/cgroup/<controller>/
-ctfs-bench-raw-<pid>/<a|b|c>``) holding exactly the kernel values ctfs wrote, with the
+run, on a peer made of plain cgroup files (v1: ``/sys/fs/cgroup/<controller>/
+ctfs-bench-raw-<pid>/<a|b|c>``, v2: ``/sys/fs/cgroup/ctfs-bench-raw-<pid>/<a|b|c>``)
+holding exactly the kernel values ctfs wrote (``bench.cgroup_knobs``), with the
 same loads run as host processes this program spawns:
 
 1. cpuunits 1:1, 1:3, 1:10 and 1:100 (1000 against 1000, 3000, 10000, 100000): two
    containers each run one busy shell loop pinned to CPU 0 (``taskset 1`` inside the
-   container); the share ratio is the ratio of their ``cpuacct.usage`` deltas over
+   container); the share ratio is the ratio of their CPU time (``cpuacct.usage``, on v2
+   ``cpu.stat`` usage_usec) deltas over
    ``--seconds`` (default 5) after ``--settle`` (default 1).  The peer gets the
-   ``cpu.shares`` ctfs wrote.
+   ``cpu.shares`` (v2: ``cpu.weight``) ctfs wrote.
 2. cpulimit 10, 25, 50, 100 and 150: one container runs two busy loops, not pinned;
    the measure is its CPU time over the window as a percent of one CPU.  The peer
-   gets the ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` ctfs wrote.
+   gets the ``cpu.cfs_quota_us``/``cpu.cfs_period_us`` (v2: ``cpu.max``) ctfs wrote.
 3. ioprio 0, 4 and 7 (BFQ weights 100, 500, 800, so 1 : 5 : 8): three containers
    write at once, each with ``--io-writers`` (default 2) loops of ``dd bs=1M
    count=64`` to its own files, with ``oflag=direct`` when btrfs takes it (else
@@ -60,6 +62,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.cgroup_knobs import NO_CAP, Knobs, host_knobs
 from bench.common import (
     BenchError,
     interrupt_on_termination,
@@ -73,12 +76,10 @@ from bench.common import (
     write_state,
 )
 from ctfs.kernel import storage
-from ctfs.kernel.cgroup_v1 import cpu_shares, remove_cgroup_dir
+from ctfs.kernel.cgroup_v1 import remove_cgroup_dir
 from ctfs.policy.scheduling import Scheduling
 from tests.ctfsd_harness import CTFS, Ctfsd, write_errno
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-RAW_CONTROLLERS = ("cpu", "cpuacct", "blkio")
 BUSY = "while :; do :; done"
 BASE_UNITS = 1000
 UNIT_RATIOS = (1, 3, 10, 100)
@@ -95,20 +96,6 @@ PARTS = ("cpuunits", "cpulimit", "ioprio")
 
 def error_pct(measured: float, requested: float) -> float:
     return (measured / requested - 1.0) * 100.0 if requested else float("nan")
-
-
-def read_int(path: Path) -> int:
-    return int(path.read_text().split()[0])
-
-
-def bfq_bytes(cgroup: Path) -> int:
-    """Bytes BFQ served for ``cgroup`` (the ``Total`` line over every device)."""
-    total = 0
-    for line in (cgroup / "blkio.bfq.io_service_bytes").read_text().splitlines():
-        words = line.split()
-        if len(words) == 2 and words[0] == "Total":
-            total = int(words[1])
-    return total
 
 
 @dataclass
@@ -165,15 +152,17 @@ def measure(counters: Sequence[Callable[[], int]], settle: float, seconds: float
 class Containers:
     """The bench's containers on a private ctfsd, and the loads run inside them."""
 
-    def __init__(self, daemon: Ctfsd) -> None:
+    def __init__(self, daemon: Ctfsd, knobs: Knobs) -> None:
         self.daemon = daemon
+        self.knobs = knobs
         self.made: list[int] = []
 
     def path(self, ctid: int) -> Path:
         return self.daemon.mount / str(ctid)
 
-    def cgroup(self, controller: str, ctid: int) -> Path:
-        return self.daemon.cgroup_dir(controller, ctid)
+    def at(self, ctid: int) -> Callable[[str], Path]:
+        """The locator of CT ``ctid``'s cgroup files (see bench.cgroup_knobs)."""
+        return lambda controller: self.daemon.cgroup_dir(controller, ctid)
 
     def create_running(self, ctid: int) -> None:
         self.path(ctid).mkdir()
@@ -215,10 +204,10 @@ class Containers:
             time.sleep(0.05)
 
     def cpu_ns(self, ctid: int) -> Callable[[], int]:
-        return lambda: read_int(self.cgroup("cpuacct", ctid) / "cpuacct.usage")
+        return lambda: self.knobs.cpu_ns(self.at(ctid))
 
     def io_bytes(self, ctid: int) -> Callable[[], int]:
-        return lambda: bfq_bytes(self.cgroup("blkio", ctid))
+        return lambda: self.knobs.io_bytes(self.at(ctid))
 
     def remove_all(self) -> None:
         for ctid in reversed(self.made):
@@ -236,37 +225,34 @@ class Containers:
 
 
 class RawCgroups:
-    """Plain cgroup v1 directories under ``ctfs-bench-raw-<pid>`` and host processes in them."""
+    """Plain cgroup directories under ``ctfs-bench-raw-<pid>`` and host processes in them."""
 
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self, scratch: Path, knobs: Knobs) -> None:
         self.parent = f"ctfs-bench-raw-{os.getpid()}"
+        self.knobs = knobs
         self.made: list[Path] = []
+        self.dirs: dict[str, list[Path]] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.scratch = scratch
 
-    def dir(self, controller: str, child: str | None = None) -> Path:
-        path = CGROUP_ROOT / controller / self.parent
-        return path / child if child else path
+    def at(self, child: str) -> Callable[[str], Path]:
+        """The locator of raw cgroup ``child``'s files (see bench.cgroup_knobs)."""
+        return self.knobs.raw_at(self.parent, child)
 
     def make(self, child: str) -> None:
-        for controller in RAW_CONTROLLERS:
-            for path in (self.dir(controller), self.dir(controller, child)):
-                if not path.is_dir():
-                    path.mkdir()
-                    self.made.append(path)
-
-    def write(self, controller: str, child: str, name: str, value: int | str) -> None:
-        with open(self.dir(controller, child) / name, "w") as f:
-            f.write(str(value))
-
-    def set_cap(self, child: str, quota_us: int, period_us: int) -> None:
-        self.write("cpu", child, "cpu.cfs_quota_us", -1)
-        self.write("cpu", child, "cpu.cfs_period_us", period_us)
-        self.write("cpu", child, "cpu.cfs_quota_us", quota_us)
+        self.dirs[child] = []
+        for path in self.knobs.raw_dirs(self.parent, child):
+            if not path.is_dir():
+                path.mkdir()
+                self.made.append(path)
+            if path.name == child:
+                self.dirs[child].append(path)
+            else:
+                self.knobs.enable(path)
 
     def spawn(self, child: str, script: str, count: int, pin_cpu0: bool) -> None:
         """Start ``count`` host copies of ``script`` in ``child``'s cgroups (own process groups)."""
-        files = [str(self.dir(c, child) / "cgroup.procs") for c in RAW_CONTROLLERS]
+        files = [str(d / "cgroup.procs") for d in self.dirs[child]]
         pin = "taskset 1 " if pin_cpu0 else ""
         # The shell joins the cgroups before it execs the load, so nothing runs outside.
         join = f'for f do echo $$ > "$f" || exit 1; done; exec {pin}sh -c "$BENCH_LOAD"'
@@ -293,7 +279,7 @@ class RawCgroups:
             time.sleep(0.01)
 
     def pids(self, child: str) -> list[int]:
-        text = (self.dir("cpu", child) / "cgroup.procs").read_text()
+        text = (self.at(child)("cpu") / "cgroup.procs").read_text()
         return [int(p) for p in text.split()]
 
     def end_loads(self) -> None:
@@ -305,16 +291,16 @@ class RawCgroups:
             proc.wait(timeout=30)
         self.procs.clear()
         for child in RAW_CHILDREN:
-            if self.dir("cpu", child).is_dir():
+            if child in self.dirs:
                 deadline = time.monotonic() + 10
                 while self.pids(child) and time.monotonic() < deadline:
                     time.sleep(0.02)
 
     def cpu_ns(self, child: str) -> Callable[[], int]:
-        return lambda: read_int(self.dir("cpuacct", child) / "cpuacct.usage")
+        return lambda: self.knobs.cpu_ns(self.at(child))
 
     def io_bytes(self, child: str) -> Callable[[], int]:
-        return lambda: bfq_bytes(self.dir("blkio", child))
+        return lambda: self.knobs.io_bytes(self.at(child))
 
     def remove(self) -> None:
         self.end_loads()
@@ -344,10 +330,13 @@ def bench_cpuunits(cts: Containers, raw: RawCgroups, settle: float, seconds: flo
         print(f"cpuunits {units[0]}:{units[1]} ...", flush=True)
         cts.write_setting(light, "cpuunits", units[0])
         cts.write_setting(heavy, "cpuunits", units[1])
-        shares = [read_int(cts.cgroup("cpu", ct) / "cpu.shares") for ct in CPU_CTS]
-        expected = [cpu_shares(Scheduling(cpuunits=u).cpu_weight()) for u in units]
+        knobs = cts.knobs
+        shares = [knobs.weight(cts.at(ct)) for ct in CPU_CTS]
+        expected = [knobs.expected_weight(u) for u in units]
         if shares != expected:
-            raise BenchError(f"ctfs wrote cpu.shares {shares}, its own mapping says {expected}")
+            raise BenchError(
+                f"ctfs wrote {knobs.weight_file} {shares}, its own mapping says {expected}"
+            )
         baselines = [cts.start_loops(ct, BUSY, 1, pin_cpu0=True) for ct in CPU_CTS]
         try:
             ours = measure([cts.cpu_ns(ct) for ct in CPU_CTS], settle, seconds)
@@ -356,7 +345,7 @@ def bench_cpuunits(cts: Containers, raw: RawCgroups, settle: float, seconds: flo
                 cts.end_loads(ct, baseline)
 
         for child, value in zip(RAW_CHILDREN, shares, strict=False):
-            raw.write("cpu", child, "cpu.shares", value)
+            knobs.set_weight(raw.at(child), value)
         try:
             for child in RAW_CHILDREN[:2]:
                 raw.spawn(child, BUSY, 1, pin_cpu0=True)
@@ -364,11 +353,11 @@ def bench_cpuunits(cts: Containers, raw: RawCgroups, settle: float, seconds: flo
         finally:
             raw.end_loads()
         for child in RAW_CHILDREN[:2]:
-            raw.write("cpu", child, "cpu.shares", 1024)
+            knobs.set_weight(raw.at(child), knobs.default_weight)
         rows.append(
             Row(
                 float(ratio),
-                f"{units[0]}:{units[1]} -> shares {shares[0]}:{shares[1]}",
+                f"{units[0]}:{units[1]} -> {knobs.weight_file} {shares[0]}:{shares[1]}",
                 ours.deltas[1] / max(1, ours.deltas[0]),
                 theirs.deltas[1] / max(1, theirs.deltas[0]),
             )
@@ -384,16 +373,14 @@ def bench_cpulimit(cts: Containers, raw: RawCgroups, settle: float, seconds: flo
     for limit in CPULIMITS:
         print(f"cpulimit {limit} ...", flush=True)
         cts.write_setting(ct, "cpulimit", limit)
-        cpu = cts.cgroup("cpu", ct)
-        quota = read_int(cpu / "cpu.cfs_quota_us")
-        period = read_int(cpu / "cpu.cfs_period_us")
+        quota, period = cts.knobs.cap(cts.at(ct))
         baseline = cts.start_loops(ct, BUSY, 2, pin_cpu0=False)
         try:
             ours = measure([cts.cpu_ns(ct)], settle, seconds)
         finally:
             cts.end_loads(ct, baseline)
 
-        raw.set_cap(child, quota, period)
+        cts.knobs.set_cap(raw.at(child), quota, period)
         try:
             raw.spawn(child, BUSY, 2, pin_cpu0=False)
             theirs = measure([raw.cpu_ns(child)], settle, seconds)
@@ -408,7 +395,7 @@ def bench_cpulimit(cts: Containers, raw: RawCgroups, settle: float, seconds: flo
             )
         )
     cts.write_setting(ct, "cpulimit", 0)
-    raw.write("cpu", child, "cpu.cfs_quota_us", -1)
+    cts.knobs.set_cap(raw.at(child), NO_CAP, 100_000)
     return rows
 
 
@@ -478,10 +465,10 @@ def ctfs_io_window(
     """Bytes each IO container wrote through BFQ at ``prios``; and the weights ctfs set."""
     for ct, prio in zip(IO_CTS, prios, strict=True):
         cts.write_setting(ct, "ioprio", prio)
-    weights = [read_int(cts.cgroup("blkio", ct) / "blkio.bfq.weight") for ct in IO_CTS]
+    weights = [cts.knobs.io_weight(cts.at(ct)) for ct in IO_CTS]
     expected = [Scheduling(ioprio=p).io_weight() for p in prios]
     if weights != expected:
-        raise BenchError(f"ctfs wrote blkio.bfq.weight {weights}, its mapping says {expected}")
+        raise BenchError(f"ctfs wrote BFQ weights {weights}, its mapping says {expected}")
     lifetime = int(settle + seconds + 30)
     baselines: dict[int, set[int]] = {}
     try:
@@ -510,7 +497,7 @@ def raw_io_window(
 ) -> Window:
     """The same with host dd loops in raw blkio cgroups holding ``weights``."""
     for child, weight in zip(RAW_CHILDREN, weights, strict=True):
-        raw.write("blkio", child, "blkio.bfq.weight", weight)
+        raw.knobs.set_io_weight(raw.at(child), weight)
     lifetime = int(settle + seconds + 30)
     try:
         for child in RAW_CHILDREN:
@@ -758,14 +745,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench.fairness: needs at least 2 CPUs (cpulimit 150)", file=sys.stderr)
         return 2
     interrupt_on_termination()
+    knobs = host_knobs()
     print(
-        f"kernel {os.uname().release}, {os.cpu_count()} CPUs, window {args.seconds:g} s after"
-        f" {args.settle:g} s, {load_average()}"
+        f"kernel {os.uname().release}, {knobs.version}, {os.cpu_count()} CPUs,"
+        f" window {args.seconds:g} s after {args.settle:g} s, {load_average()}"
     )
 
     daemon = Ctfsd()
-    cts = Containers(daemon)
-    raw = RawCgroups(daemon.state / f".ctfs-bench-raw-{os.getpid()}")
+    cts = Containers(daemon, knobs)
+    raw = RawCgroups(daemon.state / f".ctfs-bench-raw-{os.getpid()}", knobs)
     units: list[Row] = []
     limits: list[Row] = []
     io: IoSetup | None = None
@@ -811,7 +799,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "  - error = measured / requested - 1.  The raw peer holds the very kernel values ctfs\n"
         "    wrote (checked against ctfs.policy.scheduling), so a gap between the two columns is\n"
         "    what ctfs adds; a gap both share is the kernel's own accuracy.\n"
-        "  - cpu.shares is cpuunits x 262144/500000, so 1:100 is 524:52429 shares.  At 1:100\n"
+        "  - cpu.shares (v1) is cpuunits x 262144/500000, so 1:100 is 524:52429 shares;\n"
+        "    cpu.weight (v2) is cpuunits / 50, so 1:100 is 20:2000.  At 1:100\n"
         "    the light loop gets about 1% of a CPU (~50 ms in 5 s), where a few scheduler\n"
         "    slices more or less are a large relative error.\n"
         f"  - ioprio rounds: containers use the template's busybox dd, the peer {host_dd};\n"
