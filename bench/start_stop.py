@@ -11,7 +11,7 @@ What it measures, N runs each (``--runs``, default 20), median and p90:
    and ``lxc-stop``.  Debian's ``lxc`` package (the busybox template comes with its
    dependency ``liblxc-common``) is installed with apt-get when missing.
 4. Read latency of a control file: open+read+close of ``MOUNT/CT/state`` of a
-   running container, in-process, next to the raw cgroup v1 file ``pids.current``
+   running container, in-process, next to the raw cgroup file ``pids.current``
    of that container and ``/proc/uptime`` of a private LXCFS instance (``lxcfs``
    installed when missing, run in the foreground on a temporary directory); and
    the same three read by a spawned ``cat``, as a shell user would.
@@ -72,7 +72,7 @@ from bench.samples import (
     read_in_process,
     read_with_cat,
 )
-from tests.ctfsd_harness import CTFS, Ctfsd, write_errno
+from tests.ctfsd_harness import CTFS, UNIFIED, Ctfsd, write_errno
 
 CTID = 101
 LXC_PACKAGES = ("lxc", "busybox-static")
@@ -291,9 +291,10 @@ def measure(args: argparse.Namespace, workdir: Path, daemon: Ctfsd, measured: Me
         measure_debian(args, workdir, daemon, measured)
 
     write_state(container, "running")
+    version = "v2" if UNIFIED else "v1"
     sources: list[tuple[str, Path]] = [
         ("ctfs MOUNT/CT/state", container / "state"),
-        ("cgroup v1 pids.current", daemon.cgroup_dir("pids", CTID) / "pids.current"),
+        (f"cgroup {version} pids.current", daemon.cgroup_dir("pids", CTID) / "pids.current"),
     ]
     lxcfs = Lxcfs(workdir)
     try:
