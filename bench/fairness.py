@@ -3,7 +3,7 @@
 What it measures, on a private ctfsd (``tests.ctfsd_harness.Ctfsd``) and, in the same
 run, on a peer made of plain cgroup files (v1: ``/sys/fs/cgroup/<controller>/
 ctfs-bench-raw-<pid>/<a|b|c>``, v2: ``/sys/fs/cgroup/ctfs-bench-raw-<pid>/<a|b|c>``)
-holding exactly the kernel values ctfs wrote (``bench.cgroup_knobs``), with the
+holding exactly the kernel values ctfs wrote (``tests.cgroup_knobs``), with the
 same loads run as host processes this program spawns:
 
 1. cpuunits 1:1, 1:3, 1:10 and 1:100 (1000 against 1000, 3000, 10000, 100000): two
@@ -62,7 +62,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.cgroup_knobs import NO_CAP, Knobs, host_knobs
 from bench.common import (
     BenchError,
     interrupt_on_termination,
@@ -78,6 +77,7 @@ from bench.common import (
 from ctfs.kernel import storage
 from ctfs.kernel.cgroup_v1 import remove_cgroup_dir
 from ctfs.policy.scheduling import Scheduling
+from tests.cgroup_knobs import NO_CAP, Knobs, host_knobs
 from tests.ctfsd_harness import CTFS, Ctfsd, write_errno
 
 BUSY = "while :; do :; done"
@@ -161,7 +161,7 @@ class Containers:
         return self.daemon.mount / str(ctid)
 
     def at(self, ctid: int) -> Callable[[str], Path]:
-        """The locator of CT ``ctid``'s cgroup files (see bench.cgroup_knobs)."""
+        """The locator of CT ``ctid``'s cgroup files (see tests.cgroup_knobs)."""
         return lambda controller: self.daemon.cgroup_dir(controller, ctid)
 
     def create_running(self, ctid: int) -> None:
@@ -236,7 +236,7 @@ class RawCgroups:
         self.scratch = scratch
 
     def at(self, child: str) -> Callable[[str], Path]:
-        """The locator of raw cgroup ``child``'s files (see bench.cgroup_knobs)."""
+        """The locator of raw cgroup ``child``'s files (see tests.cgroup_knobs)."""
         return self.knobs.raw_at(self.parent, child)
 
     def make(self, child: str) -> None:

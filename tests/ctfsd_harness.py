@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,10 @@ class Ctfsd:
         if not UNIFIED:
             path = CGROUP_ROOT / controller / self.cgroup_parent
         return path / str(ctid) if ctid is not None else path
+
+    def cgroup_files(self, ctid: int) -> Callable[[str], Path]:
+        """Locator of CT ``ctid``'s cgroup files for ``tests.cgroup_knobs``."""
+        return lambda controller: self.cgroup_dir(controller, ctid)
 
     def container_pids(self, ctid: int) -> list[int]:
         """Every process in the container's pids cgroup and the cgroups below it."""

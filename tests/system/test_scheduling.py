@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.ctfsd_harness import Ctfsd, ctfs_exec, write_errno
+from tests.cgroup_knobs import host_knobs
+from tests.ctfsd_harness import UNIFIED, Ctfsd, ctfs_exec, write_errno
 
 BUSY = "while :; do :; done"
-
-
-def _cgroup(ctfsd: Ctfsd, controller: str, ct: Path, name: str) -> str:
-    return (ctfsd.cgroup_dir(controller, int(ct.name)) / name).read_text().strip()
+KNOBS = host_knobs()
 
 
 def _cpu_seconds(ctfsd: Ctfsd, ct: Path) -> float:
-    return int(_cgroup(ctfsd, "cpuacct", ct, "cpuacct.usage")) / 1e9
+    return KNOBS.cpu_ns(ctfsd.cgroup_files(int(ct.name))) / 1e9
 
 
 def _spin(ct: Path, loops: int = 1, cpu: int | None = None) -> None:
@@ -46,18 +44,20 @@ def test_defaults(container: Path, name: str, default: str) -> None:
 def test_cpuunits_change_the_weight_of_a_running_container(ctfsd: Ctfsd, running: Path) -> None:
     (running / "cpuunits").write_text("3000\n")
     assert (running / "cpuunits").read_text() == "3000\n"
-    assert int(_cgroup(ctfsd, "cpu", running, "cpu.shares")) == round(3000 * 262144 / 500000)
+    # v1: cpu.shares = cpuunits x 262144/500000; v2: cpu.weight = cpuunits x 10000/500000.
+    expected = 60 if UNIFIED else round(3000 * 262144 / 500000)
+    assert KNOBS.weight(ctfsd.cgroup_files(int(running.name))) == expected
 
 
 def test_ioprio_sets_the_bfq_weight(ctfsd: Ctfsd, running: Path) -> None:
     (running / "ioprio").write_text("7\n")
-    assert _cgroup(ctfsd, "blkio", running, "blkio.bfq.weight") == "800"
+    assert KNOBS.io_weight(ctfsd.cgroup_files(int(running.name))) == 800
 
 
 def test_settings_written_while_stopped_apply_at_start(ctfsd: Ctfsd, container: Path) -> None:
     (container / "cpulimit").write_text("40\n")
     assert write_errno(container / "state", b"running") == 0
-    assert _cgroup(ctfsd, "cpu", container, "cpu.cfs_quota_us") == "40000"
+    assert KNOBS.cap(ctfsd.cgroup_files(int(container.name))) == (40000, 100000)
 
 
 def test_settings_survive_a_container_and_a_daemon_restart(ctfsd: Ctfsd, running: Path) -> None:
@@ -68,7 +68,7 @@ def test_settings_survive_a_container_and_a_daemon_restart(ctfsd: Ctfsd, running
     ctfsd.start()
     write_errno(running / "state", b"running")
     assert (running / "cpuunits").read_text() == "2500\n"
-    assert _cgroup(ctfsd, "blkio", running, "blkio.bfq.weight") == "300"
+    assert KNOBS.io_weight(ctfsd.cgroup_files(int(running.name))) == 300
 
 
 @pytest.mark.parametrize(

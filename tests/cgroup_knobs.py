@@ -1,5 +1,6 @@
-"""The kernel files a bench reads and writes, for the host's cgroup version.
+"""The kernel files tests and benches read and write, for the host's cgroup version.
 
+The system tests check what ctfs wrote to the kernel through these, and
 ``bench.fairness`` compares ctfs with a peer of plain cgroup directories holding the
 very values ctfs wrote.  Which files those are depends on the host: cgroup v1 keeps
 ``cpu.shares``, ``cpu.cfs_quota_us``, ``cpuacct.usage`` and ``blkio.bfq.*`` in one
@@ -26,6 +27,8 @@ from ctfs.policy.scheduling import Scheduling
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 Locate = Callable[[str], Path]
 NO_CAP = -1
+# v1 shows "no limit" as the largest page-aligned signed 64-bit number.
+V1_UNLIMITED = 2**63 - 4096
 
 
 def read_int(path: Path) -> int:
@@ -67,6 +70,9 @@ class Knobs(Protocol):
 
     def io_bytes(self, at: Locate) -> int:
         """Bytes the cgroup's tasks wrote to disks (through BFQ on v1)."""
+
+    def memory_limit(self, at: Locate) -> int | None:
+        """The hard memory limit in bytes; None when there is none."""
 
 
 def _write(path: Path, value: int | str) -> None:
@@ -115,6 +121,10 @@ class V1Knobs:
 
     def set_io_weight(self, at: Locate, value: int) -> None:
         _write(at("blkio") / "blkio.bfq.weight", value)
+
+    def memory_limit(self, at: Locate) -> int | None:
+        limit = read_int(at("memory") / "memory.limit_in_bytes")
+        return None if limit >= V1_UNLIMITED else limit
 
     def io_bytes(self, at: Locate) -> int:
         total = 0
@@ -178,6 +188,10 @@ class V2Knobs:
             _write(bfq, f"default {value}")
         else:  # io.weight's scale is ten times BFQ's, as in ctfs.kernel.cgroup_v2
             _write(at("blkio") / "io.weight", f"default {value * 10}")
+
+    def memory_limit(self, at: Locate) -> int | None:
+        text = (at("memory") / "memory.max").read_text().strip()
+        return None if text == "max" else int(text)
 
     def io_bytes(self, at: Locate) -> int:
         total = 0
