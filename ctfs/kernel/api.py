@@ -287,7 +287,9 @@ class Processes(Protocol):
     def find_init(self, pids: Iterable[int]) -> int | None: ...
 
     def outside_pid_namespace(self, init_pid: int, pids: Iterable[int]) -> list[int]:
-        """Those of ``pids`` that are not in init's pid namespace."""
+        """Host PIDs of what joined the container from outside (ctfs exec, enter):
+        those of ``pids`` not in init's pid namespace, and the parents outside it of
+        those in it (on cgroup v2 only the joined command is in the cgroup)."""
 
     def lock_holders(self) -> dict[int, int]: ...
 

@@ -65,11 +65,15 @@ class HostProcesses:
         own = _pid_namespace(init_pid)
         if own is None:
             return []
-        outside = []
+        outside = set()
         for pid in pids:
             theirs = _pid_namespace(pid)
             if theirs is not None and theirs != own:
-                outside.append(pid)
+                outside.add(pid)
+            elif theirs == own and pid != init_pid:
+                parent = proc_facts.parent_of(pid)
+                if parent is not None and _pid_namespace(parent) not in (own, None):
+                    outside.add(parent)
         return sorted(outside)
 
     def same_pid_namespace(self, pid: int) -> bool | None:
