@@ -88,42 +88,37 @@ class Lab:
 
 CAPTURE = textwrap.dedent(
     """
-    import socket, sys, time
+    import select, socket, sys, time
     needle = socket.inet_pton(socket.AF_INET, sys.argv[1])
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-    sock.settimeout(0.1)
     print("ready", flush=True)
     seen = frames = 0
-    deadline = time.monotonic() + float(sys.argv[2])
+    # Until told to stop on stdin (then 0.3 s more for frames in flight), or 120 s.
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        try:
+        ready = select.select([sock, sys.stdin], [], [], 0.1)[0]
+        if sys.stdin in ready:
+            sys.stdin.readline()
+            deadline = min(deadline, time.monotonic() + 0.3)
+        if sock in ready:
             frame = sock.recv(65536)
-        except TimeoutError:
-            continue
-        frames += 1
-        seen += needle in frame
+            frames += 1
+            seen += needle in frame
     print(frames, seen)
     """
 )
 
 
 class Capture:
-    """Every frame a network namespace sees for ``seconds``, like tcpdump -i any.
+    """Every frame a network namespace sees until ``result()``, like tcpdump -i any.
 
     ``result()`` is (frames seen, frames carrying ``address``).
     """
 
-    def __init__(self, netns_path: str, address: str, seconds: float) -> None:
+    def __init__(self, netns_path: str, address: str) -> None:
         self.proc = subprocess.Popen(
-            [
-                "nsenter",
-                f"--net={netns_path}",
-                sys.executable,
-                "-c",
-                CAPTURE,
-                address,
-                str(seconds),
-            ],
+            ["nsenter", f"--net={netns_path}", sys.executable, "-c", CAPTURE, address],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -131,7 +126,7 @@ class Capture:
         assert self.proc.stdout.readline().strip() == "ready"
 
     def result(self) -> tuple[int, int]:
-        out, _ = self.proc.communicate(timeout=30)
+        out, _ = self.proc.communicate("stop\n", timeout=30)
         frames, seen = out.split()
         return int(frames), int(seen)
 

@@ -294,24 +294,29 @@ def test_failed_restore_keeps_it_frozen_and_the_dump_untouched(
 
 ECHO_CLIENT = textwrap.dedent(
     """
-    import socket, sys, time
+    import select, socket, sys, time
+    # Exchanges numbered messages every 10 ms over one connection until told on
+    # stdin that the container was restored, then AFTER more, and prints how many.
     sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
     sock.settimeout(30)
     print("connected", flush=True)
     reader = sock.makefile("rb")
-    sent = 0
-    deadline = time.monotonic() + float(sys.argv[3])
-    while time.monotonic() < deadline:
+    sent, restored_at, after = 0, None, int(sys.argv[3])
+    while restored_at is None or sent - restored_at < after:
         sent += 1
         sock.sendall(b"message %d\\n" % sent)
         echoed = reader.readline()
         if echoed != b"message %d\\n" % sent:
             print("mismatch", sent, echoed, flush=True)
             sys.exit(1)
+        if restored_at is None and select.select([sys.stdin], [], [], 0)[0]:
+            sys.stdin.readline()
+            restored_at = sent
         time.sleep(0.01)
-    print("ok", sent, flush=True)
+    print("ok", restored_at, sent - restored_at, flush=True)
     """
 )
+EXCHANGES_AFTER = 50
 
 
 @pytest.fixture(params=["host", "private"])
@@ -336,7 +341,11 @@ def test_tcp_connection_from_a_client_survives_freeze_and_restore(
     _background(net_container, "nc -l -p 7000 -e cat")
     time.sleep(0.3)
     client = subprocess.Popen(
-        [*lab.enter(lab.client), sys.executable, "-c", ECHO_CLIENT, "198.19.0.250", "7000", "6"],
+        [
+            *lab.enter(lab.client),
+            *(sys.executable, "-c", ECHO_CLIENT, "198.19.0.250", "7000", str(EXCHANGES_AFTER)),
+        ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -347,11 +356,13 @@ def test_tcp_connection_from_a_client_survives_freeze_and_restore(
         _freeze(net_container)
         time.sleep(1)
         _restore(net_container)
-        out, _ = client.communicate(timeout=60)
+        out, _ = client.communicate("restored\n", timeout=60)
     finally:
         if client.poll() is None:
             client.kill()
             client.wait()
     assert client.returncode == 0, out
-    assert out.startswith("ok ")
-    assert int(out.split()[1]) > 100  # it kept exchanging, in one connection
+    word, before, after = out.split()
+    # One connection: exchanges went on before the freeze and after the restore.
+    assert (word, after) == ("ok", str(EXCHANGES_AFTER))
+    assert int(before) > 10

@@ -229,7 +229,7 @@ def test_capture_in_one_container_sees_nothing_of_anothers_traffic(make_ct: Make
     a, b = _address(), _address()
     ct_a = make_ct(a)
     ct_b = make_ct(b)
-    with Capture(f"/proc/{_init(ct_b)}/ns/net", a, seconds=2.0) as capture:
+    with Capture(f"/proc/{_init(ct_b)}/ns/net", a) as capture:
         assert ctfs_exec(ct_a, "ping", "-c", "5", "-i", "0.2", HOST_V4).returncode == 0
         assert _ping(ct_b, HOST_V4)  # the capture does see b's own traffic
         frames, with_a = capture.result()
@@ -242,7 +242,7 @@ def test_spoofed_source_address_is_dropped_by_the_host(make_ct: MakeCt, lab: Lab
     spoofed = _address()
     added = ctfs_exec(ct, "/usr/sbin/ip", "addr", "add", f"{spoofed}/32", "dev", "eth0")
     assert added.returncode == 0, added.stderr
-    with Capture(f"/run/netns/{lab.client}", spoofed, seconds=4.0) as capture:
+    with Capture(f"/run/netns/{lab.client}", spoofed) as capture:
         assert _ping(ct, CLIENT_V4)  # its own address works, and the capture sees it
         assert not _ping(ct, CLIENT_V4, "-I", spoofed)
         frames, spoofed_frames = capture.result()
