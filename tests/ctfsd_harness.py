@@ -117,11 +117,17 @@ def process_gone(pid: int) -> bool:
 
 class Ctfsd:
     def __init__(
-        self, stop_timeout: float = 3.0, wrapper: tuple[str, ...] = (), extra: tuple[str, ...] = ()
+        self,
+        stop_timeout: float = 3.0,
+        wrapper: tuple[str, ...] = (),
+        extra: tuple[str, ...] = (),
+        start_timeout: float = 60.0,
     ) -> None:
         # wrapper: a command prefix, e.g. nsenter into the test's own network namespace;
-        # extra: more ctfsd options.
+        # extra: more ctfsd options; start_timeout: for its first start, which imports
+        # the templates.
         self.wrapper = wrapper
+        self.start_timeout = start_timeout
         self.extra = extra
         self.base = Path(tempfile.mkdtemp(prefix="ctfs-test-"))
         # Searchable, as /var/lib is: a restore of a container with a private id
@@ -197,7 +203,8 @@ class Ctfsd:
         proc = self.proc
         assert proc is not None
         if not wait_for(
-            lambda: self._serving_lines() > served_before or proc.poll() is not None, timeout=60
+            lambda: self._serving_lines() > served_before or proc.poll() is not None,
+            timeout=self.start_timeout,
         ):
             raise RuntimeError(f"ctfsd did not come up; log:\n{self.log_text()}")
         if proc.poll() is not None:

@@ -33,7 +33,11 @@ BOOT_S = 60.0
 def debian_ctfsd(lab: Lab) -> Iterator[Ctfsd]:
     # A clean systemd shutdown takes under a second here; 60 s is the default of
     # ctfsd, and a stop that needs SIGKILL is what these tests must notice.
-    daemon = Ctfsd(stop_timeout=60, wrapper=lab.enter(lab.host), extra=("--uplink", "up0"))
+    # Importing the two Debian templates (240 MB) takes seconds here and over a
+    # minute in the emulated cgroup v2 guest.
+    daemon = Ctfsd(
+        stop_timeout=60, wrapper=lab.enter(lab.host), extra=("--uplink", "up0"), start_timeout=600
+    )
     try:
         daemon.add_template(PG_TEMPLATE)
         daemon.add_template("debian-13")

@@ -14,13 +14,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.ctfsd_harness import Ctfsd, ctfs_exec, write_errno
+from tests.ctfsd_harness import UNIFIED, Ctfsd, ctfs_exec, write_errno
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROBE_DIR = "ctfs-hostile-probe"
 HIERARCHIES = {
     "systemd": "mount -t cgroup -o none,name=systemd cgroup /tmp/cg",
     "unified": "mount -t cgroup2 cgroup2 /tmp/cg",
 }
+# Where a process inside can move itself: a v1 controller's hierarchy, or cgroup2.
+SUB_CGROUP_MOUNT = (
+    "mount -t cgroup2 cgroup2 /tmp/cg" if UNIFIED else "mount -t cgroup -o pids cgroup /tmp/cg"
+)
+
+
+def _host_hierarchy(name: str) -> Path:
+    """The host's mount of hierarchy ``name`` (cgroup2 is the root on a v2 host)."""
+    return CGROUP_ROOT if UNIFIED and name == "unified" else CGROUP_ROOT / name
 
 
 @pytest.fixture
@@ -28,26 +38,26 @@ def host_root_probe() -> Iterator[None]:
     yield
     for hierarchy in HIERARCHIES:
         with contextlib.suppress(FileNotFoundError, OSError):
-            (Path("/sys/fs/cgroup") / hierarchy / PROBE_DIR).rmdir()
+            (_host_hierarchy(hierarchy) / PROBE_DIR).rmdir()
 
 
 @pytest.mark.parametrize("hierarchy", sorted(HIERARCHIES))
 def test_a_cgroup_made_inside_lands_under_the_containers_own(
     ctfsd: Ctfsd, running: Path, hierarchy: str, host_root_probe: None
 ) -> None:
-    if not (Path("/sys/fs/cgroup") / hierarchy / "cgroup.procs").exists():
+    if not (_host_hierarchy(hierarchy) / "cgroup.procs").exists():
         pytest.skip(f"this host has no {hierarchy} hierarchy")
     script = f"mkdir -p /tmp/cg && {HIERARCHIES[hierarchy]} && mkdir /tmp/cg/{PROBE_DIR}"
     done = ctfs_exec(running, "sh", "-c", script)
     assert done.returncode == 0, done.stderr
     ctfs_exec(running, "umount", "/tmp/cg")
-    assert not (Path("/sys/fs/cgroup") / hierarchy / PROBE_DIR).exists()
+    assert not (_host_hierarchy(hierarchy) / PROBE_DIR).exists()
     assert (ctfsd.cgroup_dir(hierarchy, int(running.name)) / PROBE_DIR).is_dir()
 
 
 def test_a_process_in_a_sub_cgroup_is_still_the_containers(ctfsd: Ctfsd, running: Path) -> None:
     script = (
-        "mkdir -p /tmp/cg && mount -t cgroup -o pids cgroup /tmp/cg && "
+        f"mkdir -p /tmp/cg && {SUB_CGROUP_MOUNT} && "
         f"mkdir /tmp/cg/{PROBE_DIR} && "
         f"(sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > /tmp/cg/{PROBE_DIR}/cgroup.procs)"
     )
@@ -62,6 +72,16 @@ def test_a_process_in_a_sub_cgroup_is_still_the_containers(ctfsd: Ctfsd, running
     assert write_errno(running / "state", b"stopped") == 0
     assert not Path(f"/proc/{moved[0]}").exists()
     assert not ctfsd.cgroup_dir("pids", ctid).exists()
+
+
+def test_a_new_cgroup_v1_hierarchy_cannot_be_made_inside(running: Path) -> None:
+    # Only the initial cgroup namespace may create a hierarchy; a new one's root
+    # would hold every process of the host.
+    script = "mkdir -p /tmp/cg && mount -t cgroup -o none,name=ctfshostile cgroup /tmp/cg"
+    done = ctfs_exec(running, "sh", "-c", script)
+    if done.returncode == 0:  # harmless either way: no process is moved into it
+        ctfs_exec(running, "umount", "/tmp/cg")
+    assert done.returncode != 0
 
 
 @pytest.mark.parametrize("name", ["cgroup.freeze", "cgroup.kill", "cgroup.max.descendants"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ctfsd_harness import Ctfsd, ctfs_exec
+from tests.ctfsd_harness import UNIFIED, Ctfsd, ctfs_exec
 
 HOST_SYSCTLS = ("kernel/randomize_va_space", "kernel/core_pattern", "vm/overcommit_memory")
 
@@ -71,6 +71,7 @@ def test_sys_cannot_be_made_writable(private: Path) -> None:
     assert done.returncode != 0
 
 
+@pytest.mark.skipif(UNIFIED, reason="cgroup v1 controllers (the v2 files: the next test)")
 @pytest.mark.parametrize(
     ("controller", "name"),
     [
@@ -96,6 +97,23 @@ def test_its_own_limits_are_out_of_reach(
         listed = (host_file.parent / "devices.list").read_text()
         assert "a *:* rwm" not in listed
     else:
+        assert host_file.read_text() == before
+
+
+@pytest.mark.skipif(not UNIFIED, reason="cgroup v2 files (the v1 ones: the test above)")
+@pytest.mark.parametrize("name", ["pids.max", "memory.max", "memory.high", "cpu.weight", "cpu.max"])
+def test_its_own_cgroup2_limits_are_out_of_reach(ctfsd: Ctfsd, private: Path, name: str) -> None:
+    host_file = ctfsd.cgroup_dir("unified", int(private.name)) / name
+    before = host_file.read_text()
+    # Its /sys/fs/cgroup is its own cgroup, the root of its cgroup namespace; so is
+    # the root of a cgroup2 it mounts itself.  Either way the host's limit stays.
+    for script in (
+        f"echo 1 > /sys/fs/cgroup/{name}",
+        f"mkdir -p /tmp/cg && mount -t cgroup2 cgroup2 /tmp/cg && echo 1 > /tmp/cg/{name}",
+    ):
+        done = ctfs_exec(private, "sh", "-c", script)
+        ctfs_exec(private, "umount", "/tmp/cg")
+        assert done.returncode != 0, script
         assert host_file.read_text() == before
 
 
@@ -131,7 +149,10 @@ def test_the_host_is_unchanged_afterwards(ctfsd: Ctfsd, private: Path) -> None:
     script = (
         "mount -o remount,rw /proc 2>/dev/null; umount /sys 2>/dev/null; "
         "mkdir -p /tmp/cg && mount -t cgroup -o pids cgroup /tmp/cg 2>/dev/null; "
-        "echo 1 > /tmp/cg/pids.max 2>/dev/null; mknod /tmp/b b 7 0 2>/dev/null; true"
+        "echo 1 > /tmp/cg/pids.max 2>/dev/null; mknod /tmp/b b 7 0 2>/dev/null; "
+        "mkdir -p /tmp/cg2 && mount -t cgroup2 cgroup2 /tmp/cg2 2>/dev/null; "
+        "echo 1 > /tmp/cg2/pids.max 2>/dev/null; echo 1 > /sys/fs/cgroup/pids.max 2>/dev/null; "
+        "umount /tmp/cg2 2>/dev/null; true"
     )
     assert ctfs_exec(private, "sh", "-c", script).returncode == 0
     assert {name: _sysctl(name) for name in HOST_SYSCTLS} == sysctls
