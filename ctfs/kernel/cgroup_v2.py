@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,10 @@ DELEGATED_FILES = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")
 WEIGHT_MAX = 10_000
 # How a dump from a cgroup v1 host names the unified hierarchy's cgroups.
 UNIFIED = "unified"
+# CRIU's --cgroup-yard holds one directory per hierarchy, cgroup2 as "unified"; one
+# that is missing it makes (mkdir in our cgroupfs) and mounts there, and never
+# unmounts.  The v2 yard is a directory whose "unified" is a link to the root.
+YARD_DIR = Path("/run/ctfs/criu-cgroup-yard")
 
 
 def _write(path: Path, value: str) -> None:
@@ -66,7 +71,9 @@ def _write(path: Path, value: str) -> None:
 class CgroupsV2:
     """cgroup v2: one directory per container, ``<root>/<parent>/<ctid>``."""
 
-    def __init__(self, parent: str = "ctfs", root: Path = CGROUP_ROOT) -> None:
+    def __init__(
+        self, parent: str = "ctfs", root: Path = CGROUP_ROOT, yard: Path = YARD_DIR
+    ) -> None:
         if not (root / "cgroup.controllers").exists():
             raise RuntimeError(f"no cgroup2 hierarchy at {root}")
         available = set((root / "cgroup.controllers").read_text().split())
@@ -75,6 +82,7 @@ class CgroupsV2:
             raise RuntimeError(f"cgroup2 controllers missing: {', '.join(sorted(missing))}")
         self.parent = parent
         self.root = root
+        self.yard = yard
         self.top = root / parent
         self._cpus: tuple[float, list[int]] = (-CPUS_TTL_S, [])
         swap = (root / "init.scope" / "memory.swap.max").exists() or _has_swap_files(root)
@@ -134,9 +142,10 @@ class CgroupsV2:
             _write(top / "cgroup.kill", "1")
 
     def criu_options(self, ctid: int) -> CriuCgroups:
+        make_yard(self.yard, self.root)
         return CriuCgroups(
             freeze_cgroup=str(self._dir(ctid)),
-            yard=str(self.root),
+            yard=str(self.yard),
             roots=(f"/{self.parent}/{ctid}",),
         )
 
@@ -240,6 +249,21 @@ def _reclaim_to(cgroup: Path, limit: int) -> None:
         used = cgroup_files.number("memory.current", fd)
     if used > limit:
         raise OSError(errno.EBUSY, f"{used} bytes in use cannot be reclaimed below {limit}")
+
+
+def make_yard(yard: Path, root: Path) -> None:
+    """``yard``/unified links to ``root``; ``yard`` is ours alone (nothing else
+    may plant a link CRIU would follow)."""
+    yard.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(yard)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise OSError(errno.EPERM, f"{yard} is not a directory of ctfsd's alone")
+    link = yard / UNIFIED
+    with contextlib.suppress(FileNotFoundError):
+        if os.readlink(link) == str(root):
+            return
+        link.unlink()
+    link.symlink_to(root)
 
 
 def _limit(value: int | None) -> str:
