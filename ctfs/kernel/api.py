@@ -125,10 +125,23 @@ class Cgroups(Protocol):
         """The cgroups made inside below the container's own, parents first, as names
         only ``make_own_cgroups`` reads (CRIU restores only those holding tasks)."""
 
-    def make_own_cgroups(self, ctid: int, names: Sequence[str], uid: int | None) -> None:
+    def own_controllers(self, ctid: int) -> dict[str, list[str]]:
+        """The controllers the container enabled for the children of its own cgroups
+        (cgroup v2's cgroup.subtree_control), by the names ``own_cgroups`` gives and
+        the bare hierarchy name for its top; those with none are left out."""
+
+    def make_own_cgroups(
+        self,
+        ctid: int,
+        names: Sequence[str],
+        uid: int | None,
+        controllers: Mapping[str, Sequence[str]],
+    ) -> None:
         """Make those of ``names`` that are missing, owned by host user ``uid`` (the
-        container's root) if given.  ValueError, before making any, for a name that
-        is not one ``own_cgroups`` could have given (a dump file is input)."""
+        container's root) if given, and enable ``controllers`` as ``own_controllers``
+        gave them.  ValueError, before making any, for a name or controller that
+        ``own_cgroups`` or ``own_controllers`` could not have given (a dump file is
+        input)."""
 
     def populated(self) -> list[int]:
         """CTIDs whose cgroups exist under the parent (running or left over)."""

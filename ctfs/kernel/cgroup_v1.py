@@ -11,7 +11,7 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ctfs import kernel
@@ -175,7 +175,18 @@ class CgroupsV1:
     def own_cgroups(self, ctid: int) -> list[str]:
         return own_cgroup_names({h: self._dir(h, ctid) for h in self.hierarchies})
 
-    def make_own_cgroups(self, ctid: int, names: Sequence[str], uid: int | None) -> None:
+    def own_controllers(self, ctid: int) -> dict[str, list[str]]:
+        return {}  # v1 hierarchies have none; a hybrid host's cgroup2 holds no controller
+
+    def make_own_cgroups(
+        self,
+        ctid: int,
+        names: Sequence[str],
+        uid: int | None,
+        controllers: Mapping[str, Sequence[str]],
+    ) -> None:
+        if controllers:
+            raise ValueError("controllers of its own cgroups: a dump of a cgroup v2 host")
         tops = {h: self._dir(h, ctid) for h in self.hierarchies}
         make_own_cgroups(own_cgroup_paths(names, tops), uid, self._ensure_dir)
 

@@ -20,11 +20,11 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ctfs import kernel
-from ctfs.kernel import cgroup_files, device_filter, v2_counters
+from ctfs.kernel import cgroup_files, device_filter, libc, v2_counters
 from ctfs.kernel.api import (
     EVERYTHING,
     Counted,
@@ -59,7 +59,7 @@ WEIGHT_MAX = 10_000
 UNIFIED = "unified"
 # CRIU's --cgroup-yard holds one directory per hierarchy, cgroup2 as "unified"; one
 # that is missing it makes (mkdir in our cgroupfs) and mounts there, and never
-# unmounts.  The v2 yard is a directory whose "unified" is a link to the root.
+# unmounts.  The v2 yard is a directory whose "unified" is the root, bound there.
 YARD_DIR = Path("/run/ctfs/criu-cgroup-yard")
 
 
@@ -152,9 +152,36 @@ class CgroupsV2:
     def own_cgroups(self, ctid: int) -> list[str]:
         return own_cgroup_names({UNIFIED: self._dir(ctid)})
 
-    def make_own_cgroups(self, ctid: int, names: Sequence[str], uid: int | None) -> None:
-        paths = own_cgroup_paths(names, {UNIFIED: self._dir(ctid)})
+    def own_controllers(self, ctid: int) -> dict[str, list[str]]:
+        top = self._dir(ctid)
+        found = {}
+        for name in (UNIFIED, *self.own_cgroups(ctid)):
+            below = name.partition("/")[2]
+            with contextlib.suppress(FileNotFoundError):
+                enabled = (top / below / "cgroup.subtree_control").read_text().split()
+                if enabled:
+                    found[name] = enabled
+        return found
+
+    def make_own_cgroups(
+        self,
+        ctid: int,
+        names: Sequence[str],
+        uid: int | None,
+        controllers: Mapping[str, Sequence[str]],
+    ) -> None:
+        top = self._dir(ctid)
+        paths = own_cgroup_paths(names, {UNIFIED: top})
+        known = {UNIFIED: top}
+        for name, enabled in controllers.items():
+            if (name != UNIFIED and name not in names) or not set(enabled) <= set(CONTROLLERS):
+                raise ValueError(f"not controllers of the container's own: {name!r}")
+            if name != UNIFIED:
+                known[name] = own_cgroup_paths([name], {UNIFIED: top})[0]
         make_own_cgroups(paths, uid, lambda path, _: path.mkdir())
+        # Parents first: a controller is enabled below only where it is above.
+        for name in sorted(controllers, key=lambda n: len(known[n].parts)):
+            _enable(known[name], controllers[name])
 
     def container_of(self, pid: int) -> int | None:
         try:
@@ -252,18 +279,22 @@ def _reclaim_to(cgroup: Path, limit: int) -> None:
 
 
 def make_yard(yard: Path, root: Path) -> None:
-    """``yard``/unified links to ``root``; ``yard`` is ours alone (nothing else
-    may plant a link CRIU would follow)."""
+    """``yard``/unified is a bind mount of ``root``; ``yard`` is ours alone.
+
+    Not a link: CRIU moves a restored task into its cgroup from inside the
+    container's root, where an absolute link would name the container's own
+    /sys/fs/cgroup.  Made once; the mount stays for the next restore.
+    """
     yard.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = os.lstat(yard)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
         raise OSError(errno.EPERM, f"{yard} is not a directory of ctfsd's alone")
-    link = yard / UNIFIED
-    with contextlib.suppress(FileNotFoundError):
-        if os.readlink(link) == str(root):
-            return
-        link.unlink()
-    link.symlink_to(root)
+    unified = yard / UNIFIED
+    if unified.is_symlink():
+        unified.unlink()
+    unified.mkdir(mode=0o700, exist_ok=True)
+    if not os.path.ismount(unified):
+        libc.mount(str(root), str(unified), None, libc.MS_BIND, None)
 
 
 def _limit(value: int | None) -> str:

@@ -22,9 +22,9 @@ from typing import NoReturn
 
 import trio
 
-from ctfs.errors import CtfsError, busy, invalid, kernel_failed
+from ctfs.errors import CtfsError, busy, kernel_failed
 from ctfs.kernel.api import Checkpointer, CriuDump, CriuError, CriuRestore
-from ctfs.model import containment, criu_logs, dumpfile, lifecycle, views
+from ctfs.model import containment, criu_logs, dumpfile, lifecycle, own_cgroups, views
 from ctfs.model.container import Container, InitProcess
 from ctfs.policy import idmap
 
@@ -39,8 +39,6 @@ FREEZE_TRIES, FREEZE_RETRY_S = 25, 0.02
 CRIU_TIMEOUT_S = 300.0
 KEPT_IMAGES = ".frozen-images"
 SCRATCH = (".criu-images", ".criu-work")
-# The manifest's list of the cgroups made inside the container.
-OWN_CGROUPS_KEY = "own_cgroups"
 
 
 def stamp(path: Path) -> tuple[int, ...] | None:
@@ -95,8 +93,7 @@ async def freeze(ct: Container) -> None:
     if not init.exited.is_set():
         await trio.to_thread.run_sync(cgroups.kill_all, ct.ctid)
         await init.exited.wait()
-    own = await trio.to_thread.run_sync(cgroups.own_cgroups, ct.ctid)
-    info = _manifest_info(ct, engine.version, ran) | {OWN_CGROUPS_KEY: own}
+    info = _manifest_info(ct, engine.version, ran) | await own_cgroups.record(ct)
     try:
         size = await trio.to_thread.run_sync(dumpfile.pack, images, ct.dump_path, info)
     except OSError as exc:
@@ -163,25 +160,6 @@ async def _dump(
         kept = await trio.to_thread.run_sync(criu_logs.keep, ct, exc, "dump")
         await _recover_from_failed_dump(ct, init, relink=unlinked)
         raise kernel_failed(f"checkpoint failed, the container runs on: {exc}{kept}") from exc
-
-
-async def _make_own_cgroups(ct: Container, manifest: dumpfile.Manifest) -> None:
-    """The cgroups its own init made, all of them and owned by its root, before CRIU.
-
-    CRIU makes again only the cgroups that held tasks, as the host's root: a
-    systemd inside would then fail on the empty ones it watches and could not
-    manage the rest.
-    """
-    names = manifest.info.get(OWN_CGROUPS_KEY, [])
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        await lifecycle.clean_up_cgroups(ct)
-        raise invalid("the dump file's list of the container's cgroups is damaged")
-    make = ct.backends.cgroups.make_own_cgroups
-    try:
-        await trio.to_thread.run_sync(make, ct.ctid, names, idmap.base_of(ct.settings))
-    except (OSError, ValueError) as exc:
-        await lifecycle.clean_up_cgroups(ct)
-        raise kernel_failed(f"cannot make the container's own cgroups again: {exc}") from exc
 
 
 def _manifest_info(ct: Container, criu_version: str, ran: float) -> dict[str, object]:
@@ -300,7 +278,7 @@ async def _restore_from(
     began = time.monotonic()
     cgroups = ct.backends.cgroups
     await lifecycle.prepare_cgroups(ct)
-    await _make_own_cgroups(ct, manifest)
+    await own_cgroups.remake(ct, manifest)
     addresses = ct.addresses
     private = idmap.base_of(ct.settings) is not None
     options = CriuRestore(

@@ -10,7 +10,7 @@ from ctfs.kernel import v2_counters
 from ctfs.kernel.api import EVERYTHING, Disk
 from ctfs.kernel.cgroup_mode import detect
 from ctfs.kernel.cgroup_v1 import cpu_shares
-from ctfs.kernel.cgroup_v2 import WEIGHT_MAX, cpu_weight, make_yard
+from ctfs.kernel.cgroup_v2 import WEIGHT_MAX, cpu_weight
 from ctfs.kernel.device_filter import ANY, Rule, assemble, parse_rule
 from ctfs.policy.security import ALLOWED_DEVICES
 
@@ -98,27 +98,3 @@ def test_the_hosts_cgroup_layout_is_told_from_its_files(
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("")
     assert detect(tmp_path) == mode
-
-
-def test_criu_yard_links_unified_to_the_cgroup2_root(tmp_path: Path) -> None:
-    yard = tmp_path / "yard"
-    make_yard(yard, Path("/sys/fs/cgroup"))
-    assert (yard / "unified").readlink() == Path("/sys/fs/cgroup")
-    assert yard.stat().st_mode & 0o777 == 0o700
-
-
-def test_criu_yard_replaces_a_link_elsewhere(tmp_path: Path) -> None:
-    yard = tmp_path / "yard"
-    yard.mkdir(mode=0o700)
-    (yard / "unified").symlink_to(tmp_path)
-    make_yard(yard, Path("/sys/fs/cgroup"))
-    assert (yard / "unified").readlink() == Path("/sys/fs/cgroup")
-
-
-def test_criu_yard_refuses_a_directory_others_can_write(tmp_path: Path) -> None:
-    yard = tmp_path / "yard"
-    yard.mkdir()
-    yard.chmod(0o777)
-    with pytest.raises(PermissionError):
-        make_yard(yard, Path("/sys/fs/cgroup"))
-    assert not (yard / "unified").exists()
