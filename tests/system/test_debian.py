@@ -125,6 +125,7 @@ def test_debian_boots_to_running_with_no_failed_unit(debian: Path) -> None:
     assert _sh(debian, "systemctl --failed --plain --no-legend") == ""
 
 
+@pytest.mark.emulation_heavy
 def test_procs_and_exec_see_the_processes_systemd_moved_into_its_units(debian: Path) -> None:
     # PostgreSQL runs in system.slice/system-postgresql.slice/..., not where init is.
     assert _postgres_pids(debian)
@@ -132,6 +133,7 @@ def test_procs_and_exec_see_the_processes_systemd_moved_into_its_units(debian: P
     assert "postgres" in inside and "systemd-journal" in inside
 
 
+@pytest.mark.emulation_heavy
 def test_systemd_takes_the_containers_hostname(debian_ctfsd: Ctfsd) -> None:
     ct = _make(debian_ctfsd, PG_TEMPLATE)
     try:
@@ -143,6 +145,7 @@ def test_systemd_takes_the_containers_hostname(debian_ctfsd: Ctfsd) -> None:
         _destroy(debian_ctfsd, ct)
 
 
+@pytest.mark.emulation_heavy
 def test_systemd_knows_it_runs_in_a_container(debian: Path) -> None:
     assert _sh(debian, "systemd-detect-virt --container").strip() == "container-other"
     assert _sh(debian, "cat /run/systemd/container").strip() == "ctfs"
@@ -166,6 +169,7 @@ def test_stop_is_a_clean_systemd_shutdown(debian_ctfsd: Ctfsd) -> None:
         _destroy(debian_ctfsd, ct)
 
 
+@pytest.mark.emulation_heavy
 def test_ten_starts_and_stops_then_rmdir_leave_no_cgroup(debian_ctfsd: Ctfsd) -> None:
     ct = _make(debian_ctfsd, PG_TEMPLATE)
     ctid = int(ct.name)
@@ -180,6 +184,7 @@ def test_ten_starts_and_stops_then_rmdir_leave_no_cgroup(debian_ctfsd: Ctfsd) ->
     assert left == []
 
 
+@pytest.mark.emulation_heavy
 def test_stop_leaves_no_zombie_in_ctfsd(debian_ctfsd: Ctfsd) -> None:
     ct = _make(debian_ctfsd, PG_TEMPLATE)
     try:
@@ -227,6 +232,7 @@ def _serve_postgres_to_the_lab(ct: Path) -> None:
     )
 
 
+@pytest.mark.emulation_heavy
 def test_pgbench_over_tcp_from_a_client(debian_ctfsd: Ctfsd, lab: Lab) -> None:
     address = next(_addresses)
     ct = _make(debian_ctfsd, PG_TEMPLATE, address)
@@ -287,6 +293,7 @@ def test_checkpoint_keeps_an_inserting_session_and_every_row_once(
         _destroy(debian_ctfsd, ct)
 
 
+@pytest.mark.emulation_heavy
 def test_processes_of_a_non_root_user_survive_a_checkpoint(debian: Path) -> None:
     def postgres_owners() -> dict[str, str]:
         lines = _sh(debian, "ps -u postgres -o pid=,user=").split("\n")
@@ -300,6 +307,7 @@ def test_processes_of_a_non_root_user_survive_a_checkpoint(debian: Path) -> None
     assert _sh(debian, "su postgres -c \"psql -XAtc 'SELECT 1'\"").strip() == "1"
 
 
+@pytest.mark.emulation_heavy
 def test_a_debian_container_with_the_hosts_ids_is_checkpointed(debian_ctfsd: Ctfsd) -> None:
     # Its root may mount hugetlbfs, fusectl and the kernel's debug filesystems, which
     # CRIU cannot dump: the templates mask the units that would.
