@@ -32,6 +32,8 @@ from ctfs.kernel import backends, cgroup_mode, libc, storage
 from ctfs.kernel.api import Cgroups
 from ctfs.kernel.templates import TemplateStore
 from ctfs.model.host import Host
+from ctfs.model.peers import PeerBook, default_name, route_source_address
+from ctfs.policy.peers import DEFAULT_PORT, PeerError, parse_endpoint
 
 log = logging.getLogger("ctfsd")
 
@@ -108,6 +110,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="auto",
         help="interface that answers ARP/NDP for container addresses: a name, "
         "auto (the interfaces of the default routes, the default) or none",
+    )
+    parser.add_argument(
+        "--peer-name",
+        default=None,
+        help="this host's name for its peers (default: its host name's first label)",
+    )
+    parser.add_argument(
+        "--peer-address",
+        default=None,
+        help="ADDRESS[:PORT] its peers reach it at (default: the source address of its "
+        f"default route, port {DEFAULT_PORT})",
     )
     parser.add_argument(
         "--foreground", "-f", action="store_true", help="stay in the foreground and log to stderr"
@@ -228,6 +241,7 @@ async def serve(
         stop_timeout=args.stop_timeout,
         mountpoint=args.mountpoint,
     )
+    host.peers = await trio.to_thread.run_sync(_peer_book, args)  # openssl, once: ~20 ms
     operations = CtfsOperations(host)
     try:
         first = await take_over(
@@ -277,6 +291,16 @@ async def serve(
         )
         return endings.KEEP
     return ending.how
+
+
+def _peer_book(args: argparse.Namespace) -> PeerBook | None:
+    """This host's identity and peers; None (logged) when it cannot have them."""
+    try:
+        address, port = parse_endpoint(args.peer_address or route_source_address())
+        return PeerBook(args.state_dir, args.peer_name or default_name(), address, port)
+    except (OSError, PeerError) as exc:
+        log.error("peers: no identity, so no migration: %s", exc)
+        return None
 
 
 async def _watch_keeper(held: keeper_link.Held) -> None:

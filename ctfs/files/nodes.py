@@ -41,10 +41,20 @@ class ControlFile:
 
 @dataclass(frozen=True)
 class HostFile:
-    """A read-only text file about the whole host."""
+    """A text file about the whole host, rendered whole at open.
+
+    ``apply`` (none: read-only) gets everything written to one open file, once, when
+    it is closed: the file's new contents, applied all or nothing.  Only the host
+    can open one for writing.
+    """
 
     name: str
     render: Callable[[Host, Caller], Awaitable[str]]
+    apply: Callable[[Host, str, Caller], Awaitable[None]] | None = None
+
+    @property
+    def writable(self) -> bool:
+        return self.apply is not None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Files at the top of the mount: ``version`` and ``templates``."""
+"""Files at the top of the mount: ``version``, ``templates``, ``identity``, ``peers``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,21 @@ async def _templates(host: Host, caller: Caller) -> str:
     return "".join(f"{name}\n" for name in host.template_names())
 
 
+async def _identity(host: Host, caller: Caller) -> str:
+    return host.peer_book().identity_text()
+
+
+async def _peers(host: Host, caller: Caller) -> str:
+    return host.peer_book().peers_text()
+
+
+async def _set_peers(host: Host, text: str, caller: Caller) -> None:
+    await host.peer_book().replace(text)
+
+
 FILES = (
     HostFile("version", _version),
     HostFile("templates", _templates),
+    HostFile("identity", _identity),
+    HostFile("peers", _peers, _set_peers),
 )

@@ -6,7 +6,7 @@ import stat
 
 import pyfuse3
 
-from ctfs.files import ControlFile, DataFile, Directory
+from ctfs.files import ControlFile, DataFile, Directory, HostFile
 from ctfs.fs.places import Place
 from ctfs.policy import idmap
 
@@ -49,7 +49,7 @@ def attributes(ino: int, place: Place, now_ns: int, size: int = 0) -> pyfuse3.En
         attr.st_size = node.size(place.container)
         attr.st_blocks = (attr.st_size + 511) // 512
     else:
-        writable = isinstance(node, ControlFile) and node.writable
+        writable = isinstance(node, ControlFile | HostFile) and node.writable
         attr.st_mode = stat.S_IFREG | (0o644 if writable else 0o444)
         attr.st_size = -(-size // PAGE) * PAGE
     return attr

@@ -15,6 +15,9 @@ several write() calls; it is still one command, applied all or nothing:
   ``template``) cannot be undone, so it cannot be extended once carried out.
 - Whatever is left when the file is flushed (no final newline) is carried out
   then, and its error comes back from close().
+
+A host file's command (``/ctfs/peers``) is its whole new contents: collected the
+same way, carried out once at the flush, its error from close().
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import logging
 from dataclasses import dataclass, field
 
 from ctfs.errors import CtfsError, invalid
-from ctfs.files import ControlFile
+from ctfs.files import ControlFile, HostFile
 from ctfs.model import settings
 from ctfs.model.caller import Caller
 from ctfs.model.container import Container
+from ctfs.model.host import Host
 from ctfs.policy.values import MAX_COMMAND_BYTES, command_text, shown
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Command:
     position: int = 0  # the file offset of its first byte
     carried_out: int = 0  # how many of its bytes have been carried out
     saved: dict[str, str] | None = None  # the settings before its first part
+    limit: int = MAX_COMMAND_BYTES
 
     @property
     def pending(self) -> bool:
@@ -50,9 +57,9 @@ class Command:
             raise invalid(
                 f"write at offset {offset}, expected {expected}; write a command whole, in order"
             )
-        if len(self.data) + len(buf) > MAX_COMMAND_BYTES:
+        if len(self.data) + len(buf) > self.limit:
             raise invalid(
-                f"value too long ({len(self.data) + len(buf)} bytes; at most {MAX_COMMAND_BYTES})"
+                f"value too long ({len(self.data) + len(buf)} bytes; at most {self.limit})"
             )
         self.data += buf
 
@@ -119,3 +126,32 @@ def _recorded(ct: Container, decl: ControlFile, data: bytes, exc: CtfsError) -> 
     ct.events.record(f'{decl.name}: {verb} "{shown(data)}": {exc.sentence}', logging.WARNING)
     exc.recorded = True
     return exc
+
+
+# A host file's whole contents: 256 peers of about 100 bytes.
+HOST_FILE_MAX = 32768
+
+
+async def write_host(command: Command, decl: HostFile, offset: int, buf: bytes) -> None:
+    """Add ``buf`` to a host file's new contents (carried out at the flush)."""
+    command.limit = HOST_FILE_MAX
+    try:
+        command.add(offset, buf)
+    except CtfsError as exc:
+        log.warning("%s: rejected: %s", decl.name, exc.sentence)
+        exc.recorded = True
+        raise
+
+
+async def finish_host(command: Command, decl: HostFile, host: Host, caller: Caller) -> None:
+    """At flush: a host file's new contents, all of it, at once; refusals are logged."""
+    assert decl.apply is not None
+    data = bytes(command.data)
+    command.end()
+    try:
+        await decl.apply(host, data.decode("utf-8", errors="replace"), caller)
+    except CtfsError as exc:
+        verb = "failed" if exc.errno_value == errno.EIO else "rejected"
+        log.warning("%s: %s: %s", decl.name, verb, exc.sentence)
+        exc.recorded = True
+        raise

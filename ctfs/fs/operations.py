@@ -265,7 +265,7 @@ class CtfsOperations(pyfuse3.Operations):
             assert place.container is not None
             await self._open_data(handle, node, place.container, wants_write)
         else:
-            if wants_write and not (isinstance(node, ControlFile) and node.writable):
+            if wants_write and not (isinstance(node, ControlFile | HostFile) and node.writable):
                 raise pyfuse3.FUSEError(errno.EACCES)
             if flags & os.O_ACCMODE != os.O_WRONLY:
                 handle.data = (await self._render(place, caller)).encode()
@@ -349,6 +349,9 @@ class CtfsOperations(pyfuse3.Operations):
             upload.written = True
             return await trio.to_thread.run_sync(os.pwrite, upload.fd, buf, off)
         node, container = handle.place.node, handle.place.container
+        if isinstance(node, HostFile):
+            await commands.write_host(handle.command, node, off, buf)
+            return len(buf)
         assert isinstance(node, ControlFile) and container is not None
         if node.exclusive and handle.claim is None:
             self._writers.claim(fh, handle)  # written again after a flush
@@ -366,6 +369,8 @@ class CtfsOperations(pyfuse3.Operations):
             node, container = handle.place.node, handle.place.container
             if isinstance(node, ControlFile) and container is not None:
                 await commands.finish(handle.command, node, container, handle.caller)
+            elif isinstance(node, HostFile) and handle.command.data:
+                await commands.finish_host(handle.command, node, self.host, handle.caller)
             elif handle.upload is not None and handle.upload.written:
                 # An upload is judged once, whole, when its writer closes it.
                 upload, handle.upload = handle.upload, None

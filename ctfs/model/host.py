@@ -19,6 +19,7 @@ from ctfs.kernel.api import Backends, IPAddress, NetworkError, StorageError
 from ctfs.model import checkpoint, lifecycle, resources
 from ctfs.model.container import CONF, Container, State
 from ctfs.model.context import Context
+from ctfs.model.peers import PeerBook
 from ctfs.policy import idmap
 from ctfs.policy.beancounters import Counter
 from ctfs.policy.values import CTID_MAX, parse_ctid
@@ -56,6 +57,13 @@ class Host:
             backends, state_dir, stop_timeout, self.address_owner, self.id_bases_taken
         )
         self.ctx.mountpoint = mountpoint
+        self.peers: PeerBook | None = None
+
+    def peer_book(self) -> PeerBook:
+        """The identity and trusted peers (set up by ctfsd before it serves)."""
+        if self.peers is None:
+            raise CtfsError(errno.EOPNOTSUPP, "this ctfsd has no identity for peers")
+        return self.peers
 
     def start(self, nursery: trio.Nursery) -> None:
         """Begin serving: load the containers on disk and watch the running ones."""
