@@ -32,6 +32,7 @@ from ctfs.kernel import backends, cgroup_mode, libc, storage
 from ctfs.kernel.api import Cgroups
 from ctfs.kernel.templates import TemplateStore
 from ctfs.model.host import Host
+from ctfs.model.peer_service import PeerService
 from ctfs.model.peers import PeerBook, default_name, route_source_address
 from ctfs.policy.peers import DEFAULT_PORT, PeerError, parse_endpoint
 
@@ -273,6 +274,8 @@ async def serve(
                 os.close(ready)
             nursery.start_soon(endings.on_signals, nursery.cancel_scope, ending)
             nursery.start_soon(_watch_keeper, held)
+            if host.peers is not None:
+                nursery.start_soon(PeerService(host.peers, args.state_dir).run)
             # main() returns once an upgrade's requests are answered, or the mount went.
             await pyfuse3.main(min_tasks=4, max_tasks=256)
             nursery.cancel_scope.cancel()

@@ -29,6 +29,9 @@ class OpenFile:
     claim: tuple[int, str] | None = None
     fd: int | None = None
     upload: Upload | None = None
+    # A writable host file opened with O_TRUNC: its new contents are applied at
+    # the flush even when nothing was written (``: > /ctfs/peers`` empties it).
+    rewrite: bool = False
 
 
 class Writers:

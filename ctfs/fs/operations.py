@@ -272,6 +272,7 @@ class CtfsOperations(pyfuse3.Operations):
                 await self._sizes.opened(inode, handle.data, flags)
             if wants_write and isinstance(node, ControlFile) and node.exclusive:
                 self._writers.claim(fh, handle)
+            handle.rewrite = wants_write and isinstance(node, HostFile) and bool(flags & os.O_TRUNC)
         return self._file_info(handle, fh)
 
     @staticmethod
@@ -369,7 +370,8 @@ class CtfsOperations(pyfuse3.Operations):
             node, container = handle.place.node, handle.place.container
             if isinstance(node, ControlFile) and container is not None:
                 await commands.finish(handle.command, node, container, handle.caller)
-            elif isinstance(node, HostFile) and handle.command.data:
+            elif isinstance(node, HostFile) and (handle.command.data or handle.rewrite):
+                handle.rewrite = False
                 await commands.finish_host(handle.command, node, self.host, handle.caller)
             elif handle.upload is not None and handle.upload.written:
                 # An upload is judged once, whole, when its writer closes it.

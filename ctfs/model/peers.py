@@ -47,6 +47,8 @@ class PeerBook:
         self.me = identity.load_or_make(state_dir)
         self.own = Peer(name, address, port, self.me.fingerprint)
         self.peers: list[Peer] = []
+        # Set, and replaced by a fresh one, whenever the list changes.
+        self.changed = trio.Event()
         try:
             self.peers = parse_peers(self.path.read_text())
         except FileNotFoundError:
@@ -78,6 +80,8 @@ class PeerBook:
         await trio.to_thread.run_sync(self._save, render_peers(peers))
         before = {peer.name for peer in self.peers}
         self.peers = peers
+        self.changed.set()
+        self.changed = trio.Event()
         after = {peer.name for peer in peers}
         log.info(
             "peers: %d trusted (added %s; removed %s)",

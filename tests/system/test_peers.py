@@ -84,3 +84,10 @@ def test_this_hosts_own_certificate_is_not_a_peer(ctfsd: Ctfsd) -> None:
 
 def test_identity_is_read_only(ctfsd: Ctfsd) -> None:
     assert write_errno(ctfsd.mount / "identity", b"x\n") == errno.EACCES
+
+
+def test_truncating_the_file_trusts_nobody(ctfsd: Ctfsd) -> None:
+    peers = ctfsd.mount / "peers"
+    assert write_errno(peers, f"host2 198.18.0.2:7385 sha256:{OTHER_FP}\n".encode()) == 0
+    subprocess.run(["sh", "-c", f": > {peers}"], check=True)
+    assert peers.read_text() == ""

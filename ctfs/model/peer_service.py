@@ -1,0 +1,199 @@
+"""The peer listener, and connecting to a peer: who may talk to this host, and how.
+
+Invariants:
+- The listener runs exactly while at least one peer is configured.
+- Nothing a connection sends is acted on, and nothing is written, before the
+  other side is a configured peer: by its client certificate's fingerprint, or,
+  on a connection without one, the single ``introduce`` request whose
+  certificate must have a configured peer's fingerprint (then, and only then,
+  it is kept as ``STATE/.peer-certs/NAME.pem``, NAME being the configured one).
+- Certificates of peers no longer configured (or configured with another
+  fingerprint) are removed, so they no longer verify.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ctfs.errors import CtfsError
+from ctfs.kernel import identity, peer_link
+from ctfs.kernel.peer_link import PeerLinkError
+from ctfs.model.peers import PeerBook
+from ctfs.policy.peers import Peer
+
+log = logging.getLogger(__name__)
+
+CERTS = ".peer-certs"
+# A listener that could not bind (its address not up yet) tries again this often.
+RETRY_BIND_S = 5.0
+MAX_CERT_PEM = 16384
+
+
+class PeerService:
+    def __init__(self, book: PeerBook, state_dir: Path) -> None:
+        self.book = book
+        self.certs = state_dir / CERTS
+        self.certs.mkdir(mode=0o700, exist_ok=True)
+
+    # ------------------------------------------------------------- listening
+
+    async def run(self) -> None:
+        """Listen while peers are configured; follow every change of the list."""
+        while True:
+            changed = self.book.changed
+            await trio.to_thread.run_sync(self._prune)
+            if self.book.peers:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._listen)
+                    await changed.wait()
+                    nursery.cancel_scope.cancel()
+            else:
+                await changed.wait()
+
+    async def _listen(self) -> None:
+        own = self.book.own
+        while True:
+            try:
+                listeners = await trio.open_tcp_listeners(own.port, host=own.host)
+            except OSError as exc:
+                log.error("peers: cannot listen on %s:%d: %s", own.host, own.port, exc)
+                await trio.sleep(RETRY_BIND_S)
+                continue
+            log.info(
+                "peers: listening on %s:%d for %d peers", own.host, own.port, len(self.book.peers)
+            )
+            await trio.serve_listeners(self._serve, listeners)
+
+    async def _serve(self, tcp: trio.SocketStream) -> None:
+        where = _remote(tcp)
+        context = peer_link.server_context(self.book.me, self._trusted_pems())
+        stream = trio.SSLStream(tcp, context, server_side=True)
+        try:
+            with trio.fail_after(peer_link.HANDSHAKE_TIMEOUT_S):
+                await stream.do_handshake()
+                fingerprint = peer_link.peer_fingerprint(stream)
+                if fingerprint is None:
+                    await self._introduction(stream, where)
+                    return
+            peer = next((p for p in self.book.peers if p.fingerprint == fingerprint), None)
+            if peer is None:
+                log.warning(
+                    "peers: refused %s: certificate sha256:%s is no peer's", where, fingerprint
+                )
+                return
+            await self._requests(stream, peer)
+        except (trio.BrokenResourceError, trio.TooSlowError, PeerLinkError, OSError) as exc:
+            log.warning("peers: dropped %s: %s", where, exc or type(exc).__name__)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _introduction(self, stream: trio.SSLStream[Any], where: str) -> None:
+        message = await peer_link.receive(stream)
+        name, pem = message.get("name"), message.get("cert")
+        peer = self.book.find(name) if isinstance(name, str) else None
+        reason = None
+        if message.get("op") != "introduce" or not isinstance(pem, str) or len(pem) > MAX_CERT_PEM:
+            reason = "an unauthenticated connection may only introduce a peer"
+        elif peer is None:
+            reason = f"{name!r} is not a configured peer"
+        else:
+            try:
+                found = identity.fingerprint_of(pem)
+            except ValueError:
+                found = "(not a certificate)"
+            if found != peer.fingerprint:
+                reason = f"certificate sha256:{found} is not {peer.name}'s"
+        if reason is not None or peer is None or not isinstance(pem, str):
+            log.warning("peers: refused an introduction from %s: %s", where, reason)
+            await peer_link.send(stream, {"error": reason})
+            return
+        await trio.to_thread.run_sync(self._keep, peer, pem)
+        await peer_link.send(stream, {"ok": True})
+
+    async def _requests(self, stream: trio.SSLStream[Any], peer: Peer) -> None:
+        while True:
+            try:
+                message = await peer_link.receive(stream)
+            except PeerLinkError:
+                return  # the peer closed the connection
+            if message.get("op") == "hello":
+                await peer_link.send(stream, {"ok": True, "name": self.book.own.name})
+            else:
+                log.warning(
+                    "peers: %s asked for %r, which this ctfsd does not do",
+                    peer.name,
+                    message.get("op"),
+                )
+                await peer_link.send(stream, {"error": "unknown request"})
+
+    # ------------------------------------------------------------ connecting
+
+    async def connect(self, peer: Peer) -> trio.SSLStream[trio.SocketStream]:
+        """An authenticated stream to ``peer``: introduced first, then with our
+        certificate.  CtfsError (EHOSTUNREACH, EACCES) says why not."""
+        own = self.book.own
+        try:
+            stream = await peer_link.connect(peer.host, peer.port, peer.fingerprint, None)
+            async with stream:
+                pem = await trio.to_thread.run_sync(self.book.me.cert_pem)
+                await peer_link.send(stream, {"op": "introduce", "name": own.name, "cert": pem})
+                answer = await peer_link.receive(stream)
+            if not answer.get("ok"):
+                raise CtfsError(
+                    errno.EACCES, f"{peer.name} refused this host: {answer.get('error')}"
+                )
+            stream = await peer_link.connect(peer.host, peer.port, peer.fingerprint, self.book.me)
+            await peer_link.send(stream, {"op": "hello"})
+            answer = await peer_link.receive(stream)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            raise CtfsError(
+                errno.EHOSTUNREACH, f"cannot reach {peer.name} at {peer.host}:{peer.port}: {exc}"
+            ) from exc
+        except PeerLinkError as exc:
+            raise CtfsError(errno.EACCES, f"{peer.name}: {exc}") from exc
+        if answer.get("name") != peer.name:
+            await trio.aclose_forcefully(stream)
+            raise CtfsError(errno.EACCES, f"{peer.name} calls itself {answer.get('name')!r}")
+        return stream
+
+    # ----------------------------------------------------------- certificates
+
+    def _trusted_pems(self) -> list[str]:
+        pems = []
+        for peer in self.book.peers:
+            with contextlib.suppress(FileNotFoundError):
+                pems.append((self.certs / f"{peer.name}.pem").read_text())
+        return pems
+
+    def _keep(self, peer: Peer, pem: str) -> None:
+        path = self.certs / f"{peer.name}.pem"  # the configured name: a host name, no '/'
+        new = path.with_suffix(".new")
+        with open(new, "w") as f:
+            f.write(pem)
+        new.replace(path)
+        log.info("peers: %s introduced itself (sha256:%s)", peer.name, peer.fingerprint)
+
+    def _prune(self) -> None:
+        wanted = {f"{peer.name}.pem": peer.fingerprint for peer in self.book.peers}
+        for entry in self.certs.iterdir():
+            keep = False
+            if entry.name in wanted and entry.is_file() and not entry.is_symlink():
+                with contextlib.suppress(OSError, ValueError):
+                    keep = identity.fingerprint_of(entry.read_text()) == wanted[entry.name]
+            if not keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry)
+
+
+def _remote(tcp: trio.SocketStream) -> str:
+    with contextlib.suppress(OSError):
+        host, port, *_ = tcp.socket.getpeername()
+        return f"{host}:{port}"
+    return "a peer"
