@@ -68,6 +68,10 @@ class CpuCap:
     period_us: int
 
 
+# (cgroup directory, controllers to enable for its children), parents first.
+SubtreeControls = tuple[tuple[str, tuple[str, ...]], ...]
+
+
 @dataclass(frozen=True)
 class CriuCgroups:
     """How CRIU finds and re-creates the container's cgroups."""
@@ -136,10 +140,13 @@ class Cgroups(Protocol):
         names: Sequence[str],
         uid: int | None,
         controllers: Mapping[str, Sequence[str]],
-    ) -> None:
+    ) -> SubtreeControls:
         """Make those of ``names`` that are missing, owned by host user ``uid`` (the
-        container's root) if given, and enable ``controllers`` as ``own_controllers``
-        gave them.  ValueError, before making any, for a name or controller that
+        container's root) if given; return where ``controllers`` (as
+        ``own_controllers`` gave them) are to be enabled, parents first.  Not now:
+        CRIU moves the restored init through the container's top cgroup, which
+        cgroup v2 refuses once it enables controllers for its children.
+        ValueError, before making any, for a name or controller that
         ``own_cgroups`` or ``own_controllers`` could not have given (a dump file is
         input)."""
 
@@ -417,6 +424,8 @@ class CriuRestore:
     make_veth: bool = False
     # (path inside, host path) of the ctfs views to bind in again (see CriuDump.views).
     views: tuple[tuple[str, str], ...] = ()
+    # Enabled by the action script at setup-namespaces, once init left the top cgroup.
+    subtree_controls: SubtreeControls = ()
 
 
 class Checkpointer(Protocol):

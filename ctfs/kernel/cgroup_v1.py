@@ -28,6 +28,7 @@ from ctfs.kernel.api import (
     KernelCounters,
     MemoryDetail,
     MemoryLimits,
+    SubtreeControls,
 )
 from ctfs.policy.security import ALLOWED_DEVICES
 
@@ -184,11 +185,12 @@ class CgroupsV1:
         names: Sequence[str],
         uid: int | None,
         controllers: Mapping[str, Sequence[str]],
-    ) -> None:
+    ) -> SubtreeControls:
         if controllers:
             raise ValueError("controllers of its own cgroups: a dump of a cgroup v2 host")
         tops = {h: self._dir(h, ctid) for h in self.hierarchies}
         make_own_cgroups(own_cgroup_paths(names, tops), uid, self._ensure_dir)
+        return ()
 
     def container_of(self, pid: int) -> int | None:
         # Asked on every request from inside a container: bytes from os.read rather

@@ -37,6 +37,7 @@ from ctfs.kernel.api import (
     KernelCounters,
     MemoryDetail,
     MemoryLimits,
+    SubtreeControls,
 )
 from ctfs.kernel.cgroup_v1 import (
     CPUS_TTL_S,
@@ -169,7 +170,7 @@ class CgroupsV2:
         names: Sequence[str],
         uid: int | None,
         controllers: Mapping[str, Sequence[str]],
-    ) -> None:
+    ) -> SubtreeControls:
         top = self._dir(ctid)
         paths = own_cgroup_paths(names, {UNIFIED: top})
         known = {UNIFIED: top}
@@ -180,8 +181,8 @@ class CgroupsV2:
                 known[name] = own_cgroup_paths([name], {UNIFIED: top})[0]
         make_own_cgroups(paths, uid, lambda path, _: path.mkdir())
         # Parents first: a controller is enabled below only where it is above.
-        for name in sorted(controllers, key=lambda n: len(known[n].parts)):
-            _enable(known[name], controllers[name])
+        ordered = sorted(controllers, key=lambda n: len(known[n].parts))
+        return tuple((str(known[name]), tuple(controllers[name])) for name in ordered)
 
     def container_of(self, pid: int) -> int | None:
         try:

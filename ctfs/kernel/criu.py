@@ -184,12 +184,17 @@ class Criu:
         if options.veth is not None:
             if not options.make_veth:
                 argv += ["--external", _external(options.veth)]
-            argv += ["--action-script", str(_action_script(work))]
             env = {
                 "CTFS_HOST_VETH": options.veth.host,
                 "CTFS_ADDRESSES": " ".join(options.addresses),
                 "CTFS_MAKE_VETH": "1" if options.make_veth else "",
             }
+        if options.subtree_controls:
+            env["CTFS_SUBTREE_CONTROL"] = "\n".join(
+                f"{path} {' '.join(controllers)}" for path, controllers in options.subtree_controls
+            )
+        if env:
+            argv += ["--action-script", str(_action_script(work))]
         self._run(argv, work / "restore.log", options.timeout, on_timeout, env)
         try:
             return int(pidfile.read_text().strip())

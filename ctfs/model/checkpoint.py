@@ -278,7 +278,7 @@ async def _restore_from(
     began = time.monotonic()
     cgroups = ct.backends.cgroups
     await lifecycle.prepare_cgroups(ct)
-    await own_cgroups.remake(ct, manifest)
+    subtree_controls = await own_cgroups.remake(ct, manifest)
     addresses = ct.addresses
     private = idmap.base_of(ct.settings) is not None
     options = CriuRestore(
@@ -297,6 +297,7 @@ async def _restore_from(
         ),
         id_base=idmap.base_of(ct.settings),
         views=views.restore_views(ct),
+        subtree_controls=subtree_controls,
     )
     try:
         pid = await trio.to_thread.run_sync(

@@ -5,7 +5,9 @@ cgroup v2 enables no controller in them: a systemd inside would then fail on the
 empty ones it watches (and on memory.events files that are not there) and could
 not manage the rest.  So a checkpoint records every cgroup below the container's
 own and the controllers it enabled there, and a restore makes them again before
-CRIU runs.  The manifest is input: the backends validate every name.
+CRIU runs; their controllers are enabled during the restore (CRIU's action
+script, at setup-namespaces).  The manifest is input: the backends validate every
+name.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import trio
 
 from ctfs.errors import invalid, kernel_failed
+from ctfs.kernel.api import SubtreeControls
 from ctfs.model import dumpfile, lifecycle
 from ctfs.model.container import Container
 from ctfs.policy import idmap
@@ -30,9 +33,11 @@ async def record(ct: Container) -> dict[str, object]:
     return {OWN_CGROUPS_KEY: names, OWN_CONTROLLERS_KEY: enabled}
 
 
-async def remake(ct: Container, manifest: dumpfile.Manifest) -> None:
-    """Make the cgroups ``record`` listed, owned by the container's root, with their
-    controllers; or clean up its cgroups and raise (a damaged list: EINVAL)."""
+async def remake(ct: Container, manifest: dumpfile.Manifest) -> SubtreeControls:
+    """Make the cgroups ``record`` listed, owned by the container's root, and return
+    the controllers to enable in them during the restore (see
+    ``Cgroups.make_own_cgroups``); or clean up its cgroups and raise (a damaged list:
+    EINVAL)."""
     names = manifest.info.get(OWN_CGROUPS_KEY, [])
     enabled = manifest.info.get(OWN_CONTROLLERS_KEY, {})
     if not _strings(names) or not (
@@ -43,7 +48,7 @@ async def remake(ct: Container, manifest: dumpfile.Manifest) -> None:
     make = ct.backends.cgroups.make_own_cgroups
     uid = idmap.base_of(ct.settings)
     try:
-        await trio.to_thread.run_sync(make, ct.ctid, names, uid, enabled)
+        return await trio.to_thread.run_sync(make, ct.ctid, names, uid, enabled)
     except (OSError, ValueError) as exc:
         await lifecycle.clean_up_cgroups(ct)
         raise kernel_failed(f"cannot make the container's own cgroups again: {exc}") from exc
