@@ -198,17 +198,24 @@ def test_stop_leaves_no_zombie_in_ctfsd(debian_ctfsd: Ctfsd) -> None:
 
 # --------------------------------------------------------------- PostgreSQL
 
+ROWS_AFTER = 10
 INSERTER = """
-import subprocess, sys, time
+import select, subprocess, sys, time
 psql = subprocess.Popen(
     ["psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", sys.argv[1],
      "-U", "postgres", "-d", "postgres"],
     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
 )
 psql.stdin.write("CREATE TABLE rows (n int);\\n")
-n = 0
-deadline = time.monotonic() + float(sys.argv[2])
-while time.monotonic() < deadline:
+# Inserts a row every 100 ms until told on stdin that the container was restored,
+# then AFTER more.
+n, restored_at, after = 0, None, int(sys.argv[2])
+while restored_at is None or n - restored_at < after:
+    if restored_at is None and select.select([sys.stdin], [], [], 0)[0]:
+        sys.stdin.readline()
+        restored_at = n
+        print("restored", flush=True)
+        continue
     n += 1
     psql.stdin.write(f"INSERT INTO rows VALUES ({n}); SELECT 'ack', {n}, pg_backend_pid();\\n")
     psql.stdin.flush()
@@ -263,7 +270,8 @@ def test_checkpoint_keeps_an_inserting_session_and_every_row_once(
         _start(ct)
         _serve_postgres_to_the_lab(ct)
         client = subprocess.Popen(
-            [*lab.enter(lab.client), "python3", "-c", INSERTER, address, "6"],
+            [*lab.enter(lab.client), "python3", "-c", INSERTER, address, str(ROWS_AFTER)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -273,17 +281,21 @@ def test_checkpoint_keeps_an_inserting_session_and_every_row_once(
         reader.start()
         try:
             assert wait_for(lambda: len(acks) >= 5, timeout=20), client.stderr
-            before = len(acks)
             assert write_errno(ct / "state", b"frozen") == 0, (ct / "events").read_text()
             time.sleep(1)
             assert write_errno(ct / "state", b"running") == 0, (ct / "events").read_text()
+            assert client.stdin is not None
+            client.stdin.write("restored\n")
+            client.stdin.close()
             assert client.wait(timeout=60) == 0, client.stderr and client.stderr.read()
         finally:
             if client.poll() is None:
                 client.kill()
                 client.wait()
             reader.join(timeout=10)
-        assert len(acks) > before + 5  # it carried on after the restore
+        mark = acks.index("restored\n")
+        assert mark >= 5 and len(acks) - mark - 1 == ROWS_AFTER  # it carried on after
+        acks.remove("restored\n")
         backends = {line.split("|")[2] for line in acks}
         assert len(backends) == 1  # one session: no reconnection
         query = "SELECT count(*), count(DISTINCT n), max(n) FROM rows"
