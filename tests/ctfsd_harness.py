@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -96,6 +96,16 @@ def ctfs_exec(container: Path, *command: str) -> subprocess.CompletedProcess[str
         timeout=60,
         check=False,
     )
+
+
+@contextlib.contextmanager
+def started(daemon: Ctfsd) -> Iterator[Ctfsd]:
+    """``daemon`` started, and everything it made removed afterwards, even on failure."""
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.cleanup()
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]

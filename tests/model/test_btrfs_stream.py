@@ -225,14 +225,21 @@ def change(area: Path) -> None:
     os.removexattr(area / "home" / "user" / "notes", "user.origin")
 
 
-def test_incremental_pass_gives_exactly_the_new_content(
-    hosts: Hosts, first_pass: tuple[Path, Path, Path]
-) -> None:
+def second_pass(hosts: Hosts, first_pass: tuple[Path, Path, Path]) -> tuple[Path, Path]:
+    """Change the area, send the difference: (the source's second snapshot, the
+    target's received one)."""
     area, first, received = first_pass
     change(area)
     second = hosts.source / "second"
     btrfs_stream.snapshot_readonly(area, second)
-    again = transfer(second, hosts.staging, parent=first, target_parent=received)
+    return second, transfer(second, hosts.staging, parent=first, target_parent=received)
+
+
+def test_incremental_pass_gives_exactly_the_new_content(
+    hosts: Hosts, first_pass: tuple[Path, Path, Path]
+) -> None:
+    received = first_pass[2]
+    second, again = second_pass(hosts, first_pass)
     assert tree_facts(again) == tree_facts(second)
     assert tree_facts(again) != tree_facts(received)
     assert btrfs_stream.identify(again).parent_uuid == btrfs_stream.identify(received).uuid
@@ -258,11 +265,8 @@ def _subvolumes_under(mountpoint: Path) -> list[str]:
 def test_writable_copy_is_writable_and_kept_parent_takes_a_third_pass(
     hosts: Hosts, first_pass: tuple[Path, Path, Path]
 ) -> None:
-    area, first, received = first_pass
-    change(area)
-    second = hosts.source / "second"
-    btrfs_stream.snapshot_readonly(area, second)
-    kept = transfer(second, hosts.staging, parent=first, target_parent=received)
+    area, _, received = first_pass
+    second, kept = second_pass(hosts, first_pass)
     delete_subvolume(received)  # no longer a parent: the second pass is
     running = hosts.target / "private"
     btrfs_stream.make_writable(kept, running)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ctfsd_harness import Ctfsd, wait_for, write_errno
+from tests.ctfsd_harness import Ctfsd, started, wait_for, write_errno
 from tests.network_lab import Lab
 
 _ctids = itertools.count(101)
@@ -38,12 +38,8 @@ def lab() -> Iterator[Lab]:
 @pytest.fixture(scope="session")
 def net_ctfsd(lab: Lab) -> Iterator[Ctfsd]:
     """A second ctfsd, inside the lab's host namespace, with up0 as its uplink."""
-    daemon = Ctfsd(wrapper=lab.enter(lab.host), extra=("--uplink", "up0"))
-    try:
-        daemon.start()
+    with started(Ctfsd(wrapper=lab.enter(lab.host), extra=("--uplink", "up0"))) as daemon:
         yield daemon
-    finally:
-        daemon.cleanup()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from ctfs.kernel import identity
-from tests.ctfsd_harness import Ctfsd, wait_for, write_errno
+from tests.ctfsd_harness import Ctfsd, started, wait_for, write_errno
 from tests.network_lab import CLIENT_V4, HOST_V4, Lab
 
 PORT = 7385
@@ -53,11 +53,8 @@ def hosta(lab: Lab) -> Iterator[Ctfsd]:
         wrapper=lab.enter(lab.host),
         extra=("--uplink", "up0", "--peer-name", "hosta", "--peer-address", f"{HOST_V4}:{PORT}"),
     )
-    try:
-        daemon.start()
+    with started(daemon):
         yield daemon
-    finally:
-        daemon.cleanup()
 
 
 @pytest.fixture
