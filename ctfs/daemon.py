@@ -29,7 +29,7 @@ from ctfs import __version__, endings, keeper_link
 from ctfs.fs import CtfsOperations
 from ctfs.fs.takeover import TakeoverError, take_over
 from ctfs.kernel import backends, cgroup_mode, libc, storage
-from ctfs.kernel.api import Cgroups
+from ctfs.kernel.api import Cgroups, PeerLinks
 from ctfs.kernel.templates import TemplateStore
 from ctfs.model.host import Host
 from ctfs.model.peer_service import PeerService
@@ -242,7 +242,8 @@ async def serve(
         stop_timeout=args.stop_timeout,
         mountpoint=args.mountpoint,
     )
-    host.peers = await trio.to_thread.run_sync(_peer_book, args)  # openssl, once: ~20 ms
+    # openssl, at the first start only: ~20 ms.
+    host.peers = await trio.to_thread.run_sync(_peer_book, args, host.backends.peer_links)
     operations = CtfsOperations(host)
     try:
         first = await take_over(
@@ -296,11 +297,12 @@ async def serve(
     return ending.how
 
 
-def _peer_book(args: argparse.Namespace) -> PeerBook | None:
+def _peer_book(args: argparse.Namespace, links: PeerLinks) -> PeerBook | None:
     """This host's identity and peers; None (logged) when it cannot have them."""
     try:
         address, port = parse_endpoint(args.peer_address or route_source_address())
-        return PeerBook(args.state_dir, args.peer_name or default_name(), address, port)
+        name = args.peer_name or default_name()
+        return PeerBook(links, args.state_dir, name, address, port)
     except (OSError, PeerError) as exc:
         log.error("peers: no identity, so no migration: %s", exc)
         return None

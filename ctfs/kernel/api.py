@@ -4,7 +4,8 @@ Pure: Protocols and frozen dataclasses, no I/O, so every layer may import it.  T
 model holds one ``Backends`` built at startup (``ctfs.kernel.backends.real``) and
 never imports an implementation.  What the kernel reports (counters, the readings
 of the views) is in ``ctfs.kernel.readings``, and what ctfsd asks the launcher in
-``ctfs.kernel.launch_values``, both re-exported here.  Units are
+``ctfs.kernel.launch_values``, and what it asks CRIU for in
+``ctfs.kernel.criu_values``, all re-exported here.  Units are
 version-neutral: a cgroup v1 and a v2 backend take the same values and translate
 them to their own files.
 """
@@ -16,9 +17,11 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from ctfs.kernel import launch_values, readings
+import trio
+
+from ctfs.kernel import criu_values, launch_values, peer_values, readings
 
 # What the kernel reports, re-exported (see ctfs.kernel.readings).
 Counted = readings.Counted
@@ -34,6 +37,18 @@ DiskIo = readings.DiskIo
 # What ctfsd sends the launcher and gets back, re-exported (see ctfs.kernel.launch_values).
 LaunchRequest = launch_values.LaunchRequest
 LaunchReply = launch_values.LaunchReply
+
+# What ctfsd asks CRIU for, re-exported (see ctfs.kernel.criu_values).
+SubtreeControls = criu_values.SubtreeControls
+CriuCgroups = criu_values.CriuCgroups
+Veth = criu_values.Veth
+CriuError = criu_values.CriuError
+CriuDump = criu_values.CriuDump
+CriuRestore = criu_values.CriuRestore
+
+# What the peer link speaks, re-exported (see ctfs.kernel.peer_values).
+Identity = peer_values.Identity
+PeerLinkError = peer_values.PeerLinkError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -66,19 +81,6 @@ class CpuCap:
 
     quota_us: int | None
     period_us: int
-
-
-# (cgroup directory, controllers to enable for its children), parents first.
-SubtreeControls = tuple[tuple[str, tuple[str, ...]], ...]
-
-
-@dataclass(frozen=True)
-class CriuCgroups:
-    """How CRIU finds and re-creates the container's cgroups."""
-
-    freeze_cgroup: str  # --freeze-cgroup
-    yard: str  # --cgroup-yard
-    roots: tuple[str, ...]  # --cgroup-root mappings into the container's own cgroups
 
 
 class Cgroups(Protocol):
@@ -282,14 +284,6 @@ class Traffic:
     sent: int
 
 
-@dataclass(frozen=True)
-class Veth:
-    """The container's eth0 and the name of its host end."""
-
-    guest: str
-    host: str
-
-
 class Firewall(Protocol):
     """The host's source-address filter: a container sends only from its addresses."""
 
@@ -383,51 +377,6 @@ class Launcher(Protocol):
     def close(self) -> None: ...
 
 
-class CriuError(Exception):
-    """CRIU failed; the text is the reason from its log, ``log`` the whole log (if any)."""
-
-    def __init__(self, reason: str, log: Path | None = None) -> None:
-        super().__init__(reason)
-        self.log = log
-
-
-@dataclass(frozen=True)
-class CriuDump:
-    pid: int
-    images: Path
-    work: Path
-    cgroups: CriuCgroups
-    veth: Veth | None
-    timeout: float
-    # A container with a private id range: its /dev is left out of the images (CRIU
-    # could not make its device nodes in a user namespace) and made anew at restore.
-    id_base: int | None = None
-    # Paths inside of the ctfs views bound into it: external mounts, not dumped.
-    views: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class CriuRestore:
-    images: Path
-    work: Path
-    root: Path
-    cgroups: CriuCgroups
-    veth: Veth | None
-    addresses: tuple[str, ...]  # given to the action script that readies the veth
-    timeout: float
-    same_cgroups: bool  # restored where it was dumped: no --cgroup-root mapping
-    # Leave the restored tree stopped, so that ctfs can check it before it runs.
-    leave_stopped: bool = True
-    # A private id range: the root is shown idmapped, /dev is made anew (see CriuDump).
-    id_base: int | None = None
-    # ctfs makes the veth itself while CRIU restores (CRIU cannot, in a user namespace).
-    make_veth: bool = False
-    # (path inside, host path) of the ctfs views to bind in again (see CriuDump.views).
-    views: tuple[tuple[str, str], ...] = ()
-    # Enabled by the action script at setup-namespaces, once init left the top cgroup.
-    subtree_controls: SubtreeControls = ()
-
-
 class Checkpointer(Protocol):
     version: str
     unavailable: str | None  # why checkpoints do not work here, or None
@@ -443,6 +392,37 @@ class Checkpointer(Protocol):
     def remove_network_lock(self, pid: int) -> None: ...
 
 
+class PeerLinks(Protocol):
+    """Talking to other ctfsd: this host's key pair, and TLS pinned by fingerprint.
+
+    A stream it gives is authenticated as far as its method says; messages are JSON
+    objects.  PeerLinkError: the other side is not who it must be, or broke the
+    protocol; OSError and trio's errors: the connection failed.
+    """
+
+    def identity(self, state_dir: Path) -> Identity:
+        """The key pair kept in ``state_dir``, made at the first call."""
+
+    def fingerprint_of(self, pem: str) -> str:
+        """A PEM certificate's SHA-256 fingerprint; ValueError if it is not one."""
+
+    async def accept(
+        self, tcp: trio.SocketStream, me: Identity, trusted_pems: Sequence[str]
+    ) -> tuple[trio.abc.Stream, str | None]:
+        """TLS as the server; the client's fingerprint, verified against
+        ``trusted_pems`` (None: it presented no certificate)."""
+
+    async def connect(
+        self, host: str, port: int, fingerprint: str, me: Identity | None
+    ) -> trio.abc.Stream:
+        """TLS to a server whose certificate has ``fingerprint`` (checked before
+        anything is sent), presenting ``me`` if given."""
+
+    async def send(self, stream: trio.abc.Stream, message: dict[str, Any]) -> None: ...
+
+    async def receive(self, stream: trio.abc.Stream) -> dict[str, Any]: ...
+
+
 @dataclass
 class Backends:
     """Every kernel backend the model uses; built once at startup."""
@@ -456,3 +436,4 @@ class Backends:
     processes: Processes
     launcher: Launcher
     checkpointer: Checkpointer
+    peer_links: PeerLinks

@@ -8,6 +8,7 @@ from ctfs.kernel.api import Backends, Cgroups
 from ctfs.kernel.criu import Criu
 from ctfs.kernel.launcher import Launcher
 from ctfs.kernel.network import Network
+from ctfs.kernel.peer_link import TlsPeerLinks
 from ctfs.kernel.processes import HostProcesses
 from ctfs.kernel.quota import BtrfsQuota
 from ctfs.kernel.source_filter import SourceFilter
@@ -27,4 +28,5 @@ def real(state_dir: Path, cgroups: Cgroups, uplink: str, criu: Path | None) -> B
         processes=HostProcesses(),
         launcher=Launcher(),
         checkpointer=Criu(criu),
+        peer_links=TlsPeerLinks(),
     )

@@ -16,23 +16,14 @@ import hashlib
 import os
 import ssl
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
+
+from ctfs.kernel.peer_values import Identity
 
 DIRECTORY = ".identity"
 KEY, CERT = "key.pem", "cert.pem"
 # openssl makes a P-256 key and its certificate in about 20 ms here.
 OPENSSL_TIMEOUT_S = 30
-
-
-@dataclass(frozen=True)
-class Identity:
-    key: Path
-    cert: Path
-    fingerprint: str  # SHA-256 of the certificate's DER form, 64 lower-case hex digits
-
-    def cert_pem(self) -> str:
-        return self.cert.read_text()
 
 
 def fingerprint_of(pem: str) -> str:

@@ -24,20 +24,18 @@ import json
 import ssl
 import struct
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import trio
 
-from ctfs.kernel.identity import Identity
+from ctfs.kernel import identity
+from ctfs.kernel.peer_values import Identity, PeerLinkError
 
 MAX_MESSAGE = 1 << 20
 # A handshake and the first message: a peer that does not finish them in this long
 # is dropped (it holds a connection slot meanwhile).
 HANDSHAKE_TIMEOUT_S = 10.0
-
-
-class PeerLinkError(Exception):
-    """The other side is not who it must be, or broke the protocol."""
 
 
 def server_context(me: Identity, trusted_pems: Sequence[str]) -> ssl.SSLContext:
@@ -122,3 +120,44 @@ async def _exactly(stream: trio.abc.Stream, size: int) -> bytes:
             raise PeerLinkError("the other side closed the connection")
         data += chunk
     return bytes(data)
+
+
+async def accept(
+    tcp: trio.SocketStream, me: Identity, trusted_pems: Sequence[str]
+) -> tuple[trio.SSLStream[trio.SocketStream], str | None]:
+    """The server side of a handshake on ``tcp``: the stream, and the fingerprint of
+    the client's certificate (None: it presented none).  Within the time limit."""
+    stream = trio.SSLStream(tcp, server_context(me, trusted_pems), server_side=True)
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+            await stream.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream, peer_fingerprint(stream)
+
+
+class TlsPeerLinks:
+    """The ``PeerLinks`` backend: this module and ``ctfs.kernel.identity``."""
+
+    def identity(self, state_dir: Path) -> Identity:
+        return identity.load_or_make(state_dir)
+
+    def fingerprint_of(self, pem: str) -> str:
+        return identity.fingerprint_of(pem)
+
+    async def accept(
+        self, tcp: trio.SocketStream, me: Identity, trusted_pems: Sequence[str]
+    ) -> tuple[trio.abc.Stream, str | None]:
+        return await accept(tcp, me, trusted_pems)
+
+    async def connect(
+        self, host: str, port: int, fingerprint: str, me: Identity | None
+    ) -> trio.abc.Stream:
+        return await connect(host, port, fingerprint, me)
+
+    async def send(self, stream: trio.abc.Stream, message: dict[str, Any]) -> None:
+        await send(stream, message)
+
+    async def receive(self, stream: trio.abc.Stream) -> dict[str, Any]:
+        return await receive(stream)

@@ -18,19 +18,20 @@ import errno
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from ctfs.errors import CtfsError
-from ctfs.kernel import identity, peer_link
-from ctfs.kernel.peer_link import PeerLinkError
+from ctfs.kernel.api import PeerLinkError
 from ctfs.model.peers import PeerBook
 from ctfs.policy.peers import Peer
 
 log = logging.getLogger(__name__)
 
 CERTS = ".peer-certs"
+# A handshake, then the introduction: a peer that does not finish them in this long
+# is dropped (it holds a connection slot meanwhile).
+HANDSHAKE_TIMEOUT_S = 10.0
 # A listener that could not bind (its address not up yet) tries again this often.
 RETRY_BIND_S = 5.0
 MAX_CERT_PEM = 16384
@@ -39,6 +40,7 @@ MAX_CERT_PEM = 16384
 class PeerService:
     def __init__(self, book: PeerBook, state_dir: Path) -> None:
         self.book = book
+        self.links = book.links
         self.certs = state_dir / CERTS
         self.certs.mkdir(mode=0o700, exist_ok=True)
 
@@ -73,15 +75,18 @@ class PeerService:
 
     async def _serve(self, tcp: trio.SocketStream) -> None:
         where = _remote(tcp)
-        context = peer_link.server_context(self.book.me, self._trusted_pems())
-        stream = trio.SSLStream(tcp, context, server_side=True)
         try:
-            with trio.fail_after(peer_link.HANDSHAKE_TIMEOUT_S):
-                await stream.do_handshake()
-                fingerprint = peer_link.peer_fingerprint(stream)
-                if fingerprint is None:
+            pems = await trio.to_thread.run_sync(self._trusted_pems)
+            stream, fingerprint = await self.links.accept(tcp, self.book.me, pems)
+        except (trio.BrokenResourceError, trio.TooSlowError, PeerLinkError, OSError) as exc:
+            log.warning("peers: dropped %s: %s", where, exc or type(exc).__name__)
+            await trio.aclose_forcefully(tcp)
+            return
+        try:
+            if fingerprint is None:
+                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
                     await self._introduction(stream, where)
-                    return
+                return
             peer = next((p for p in self.book.peers if p.fingerprint == fingerprint), None)
             if peer is None:
                 log.warning(
@@ -94,8 +99,8 @@ class PeerService:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _introduction(self, stream: trio.SSLStream[Any], where: str) -> None:
-        message = await peer_link.receive(stream)
+    async def _introduction(self, stream: trio.abc.Stream, where: str) -> None:
+        message = await self.links.receive(stream)
         name, pem = message.get("name"), message.get("cert")
         peer = self.book.find(name) if isinstance(name, str) else None
         reason = None
@@ -105,53 +110,53 @@ class PeerService:
             reason = f"{name!r} is not a configured peer"
         else:
             try:
-                found = identity.fingerprint_of(pem)
+                found = self.links.fingerprint_of(pem)
             except ValueError:
                 found = "(not a certificate)"
             if found != peer.fingerprint:
                 reason = f"certificate sha256:{found} is not {peer.name}'s"
         if reason is not None or peer is None or not isinstance(pem, str):
             log.warning("peers: refused an introduction from %s: %s", where, reason)
-            await peer_link.send(stream, {"error": reason})
+            await self.links.send(stream, {"error": reason})
             return
         await trio.to_thread.run_sync(self._keep, peer, pem)
-        await peer_link.send(stream, {"ok": True})
+        await self.links.send(stream, {"ok": True})
 
-    async def _requests(self, stream: trio.SSLStream[Any], peer: Peer) -> None:
+    async def _requests(self, stream: trio.abc.Stream, peer: Peer) -> None:
         while True:
             try:
-                message = await peer_link.receive(stream)
+                message = await self.links.receive(stream)
             except PeerLinkError:
                 return  # the peer closed the connection
             if message.get("op") == "hello":
-                await peer_link.send(stream, {"ok": True, "name": self.book.own.name})
+                await self.links.send(stream, {"ok": True, "name": self.book.own.name})
             else:
                 log.warning(
                     "peers: %s asked for %r, which this ctfsd does not do",
                     peer.name,
                     message.get("op"),
                 )
-                await peer_link.send(stream, {"error": "unknown request"})
+                await self.links.send(stream, {"error": "unknown request"})
 
     # ------------------------------------------------------------ connecting
 
-    async def connect(self, peer: Peer) -> trio.SSLStream[trio.SocketStream]:
+    async def connect(self, peer: Peer) -> trio.abc.Stream:
         """An authenticated stream to ``peer``: introduced first, then with our
         certificate.  CtfsError (EHOSTUNREACH, EACCES) says why not."""
         own = self.book.own
         try:
-            stream = await peer_link.connect(peer.host, peer.port, peer.fingerprint, None)
+            stream = await self.links.connect(peer.host, peer.port, peer.fingerprint, None)
             async with stream:
-                pem = await trio.to_thread.run_sync(self.book.me.cert_pem)
-                await peer_link.send(stream, {"op": "introduce", "name": own.name, "cert": pem})
-                answer = await peer_link.receive(stream)
+                pem = await trio.to_thread.run_sync(self.book.me.cert.read_text)
+                await self.links.send(stream, {"op": "introduce", "name": own.name, "cert": pem})
+                answer = await self.links.receive(stream)
             if not answer.get("ok"):
                 raise CtfsError(
                     errno.EACCES, f"{peer.name} refused this host: {answer.get('error')}"
                 )
-            stream = await peer_link.connect(peer.host, peer.port, peer.fingerprint, self.book.me)
-            await peer_link.send(stream, {"op": "hello"})
-            answer = await peer_link.receive(stream)
+            stream = await self.links.connect(peer.host, peer.port, peer.fingerprint, self.book.me)
+            await self.links.send(stream, {"op": "hello"})
+            answer = await self.links.receive(stream)
         except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
             raise CtfsError(
                 errno.EHOSTUNREACH, f"cannot reach {peer.name} at {peer.host}:{peer.port}: {exc}"
@@ -186,7 +191,7 @@ class PeerService:
             keep = False
             if entry.name in wanted and entry.is_file() and not entry.is_symlink():
                 with contextlib.suppress(OSError, ValueError):
-                    keep = identity.fingerprint_of(entry.read_text()) == wanted[entry.name]
+                    keep = self.links.fingerprint_of(entry.read_text()) == wanted[entry.name]
             if not keep:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry)

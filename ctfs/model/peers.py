@@ -4,7 +4,7 @@ Invariants:
 - ``STATE/peers`` is always a complete list (written whole under a temporary
   name and renamed); a refused write changes nothing.
 - No peer has this host's own certificate or name.
-- The identity's key pair is made at the first start and kept (``ctfs.kernel.identity``).
+- The identity's key pair is made at the first start and kept (``PeerLinks.identity``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import trio
 
 from ctfs.errors import invalid
-from ctfs.kernel import identity
+from ctfs.kernel.api import PeerLinks
 from ctfs.policy.peers import DEFAULT_PORT, NAME_RE, Peer, PeerError, parse_peers, render_peers
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,12 @@ def default_name() -> str:
 class PeerBook:
     """This host's identity line and its list of trusted peers."""
 
-    def __init__(self, state_dir: Path, name: str, address: str, port: int = DEFAULT_PORT) -> None:
+    def __init__(
+        self, links: PeerLinks, state_dir: Path, name: str, address: str, port: int = DEFAULT_PORT
+    ) -> None:
+        self.links = links
         self.path = state_dir / PEERS_FILE
-        self.me = identity.load_or_make(state_dir)
+        self.me = links.identity(state_dir)
         self.own = Peer(name, address, port, self.me.fingerprint)
         self.peers: list[Peer] = []
         # Set, and replaced by a fresh one, whenever the list changes.

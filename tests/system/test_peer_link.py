@@ -28,11 +28,12 @@ CONNECT = textwrap.dedent(
     import sys, trio
     from pathlib import Path
     from ctfs.errors import CtfsError
+    from ctfs.kernel.peer_link import TlsPeerLinks
     from ctfs.model.peer_service import PeerService
     from ctfs.model.peers import PeerBook
     from ctfs.policy.peers import parse_line
     state, name, target = Path(sys.argv[1]), sys.argv[2], parse_line(sys.argv[3])
-    book = PeerBook(state, name, sys.argv[4])
+    book = PeerBook(TlsPeerLinks(), state, name, sys.argv[4])
     book.peers = [target]
     async def main():
         try:

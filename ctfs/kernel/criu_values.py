@@ -1,0 +1,75 @@
+"""What ctfsd asks CRIU for, and how CRIU fails (part of ``ctfs.kernel.api``,
+which re-exports them): frozen values, no I/O.  The cgroup and network backends
+give their parts (``CriuCgroups``, ``Veth``); ``ctfs.kernel.criu`` turns them
+into command lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# (cgroup directory, controllers to enable for its children), parents first.
+SubtreeControls = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class CriuCgroups:
+    """How CRIU finds and re-creates the container's cgroups."""
+
+    freeze_cgroup: str  # --freeze-cgroup
+    yard: str  # --cgroup-yard
+    roots: tuple[str, ...]  # --cgroup-root mappings into the container's own cgroups
+
+
+@dataclass(frozen=True)
+class Veth:
+    """The container's eth0 and the name of its host end."""
+
+    guest: str
+    host: str
+
+
+class CriuError(Exception):
+    """CRIU failed; the text is the reason from its log, ``log`` the whole log (if any)."""
+
+    def __init__(self, reason: str, log: Path | None = None) -> None:
+        super().__init__(reason)
+        self.log = log
+
+
+@dataclass(frozen=True)
+class CriuDump:
+    pid: int
+    images: Path
+    work: Path
+    cgroups: CriuCgroups
+    veth: Veth | None
+    timeout: float
+    # A container with a private id range: its /dev is left out of the images (CRIU
+    # could not make its device nodes in a user namespace) and made anew at restore.
+    id_base: int | None = None
+    # Paths inside of the ctfs views bound into it: external mounts, not dumped.
+    views: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CriuRestore:
+    images: Path
+    work: Path
+    root: Path
+    cgroups: CriuCgroups
+    veth: Veth | None
+    addresses: tuple[str, ...]  # given to the action script that readies the veth
+    timeout: float
+    same_cgroups: bool  # restored where it was dumped: no --cgroup-root mapping
+    # Leave the restored tree stopped, so that ctfs can check it before it runs.
+    leave_stopped: bool = True
+    # A private id range: the root is shown idmapped, /dev is made anew (see CriuDump).
+    id_base: int | None = None
+    # ctfs makes the veth itself while CRIU restores (CRIU cannot, in a user namespace).
+    make_veth: bool = False
+    # (path inside, host path) of the ctfs views to bind in again (see CriuDump.views).
+    views: tuple[tuple[str, str], ...] = ()
+    # Enabled by the action script at setup-namespaces, once init left the top cgroup.
+    subtree_controls: SubtreeControls = ()
