@@ -26,10 +26,20 @@ PEERS_FILE = "peers"
 
 
 def route_source_address() -> str:
-    """The address this host sends from on its default route (no packet is sent)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: a route lookup only
-        address: str = probe.getsockname()[0]
+    """The address this host sends from on its default route (no packet is sent);
+    127.0.0.1, logged, on a host without one: its peers cannot reach it until
+    ``--peer-address`` says where, but its key pair and peers list work."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: a route lookup only
+            address: str = probe.getsockname()[0]
+    except OSError as exc:
+        log.warning(
+            "peers: no default route (%s): this host's identity says 127.0.0.1; "
+            "give --peer-address for its peers to reach it",
+            exc,
+        )
+        return "127.0.0.1"
     return address
 
 

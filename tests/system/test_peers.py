@@ -91,3 +91,10 @@ def test_truncating_the_file_trusts_nobody(ctfsd: Ctfsd) -> None:
     assert write_errno(peers, f"host2 198.18.0.2:7385 sha256:{OTHER_FP}\n".encode()) == 0
     subprocess.run(["sh", "-c", f": > {peers}"], check=True)
     assert peers.read_text() == ""
+
+
+def test_a_host_without_a_default_route_still_has_an_identity(net_ctfsd: Ctfsd) -> None:
+    # The lab's host namespace has no default route; nothing says --peer-address.
+    _, endpoint, fingerprint = _identity(net_ctfsd)
+    assert endpoint == "127.0.0.1:7385" and fingerprint.startswith("sha256:")
+    assert "give --peer-address for its peers to reach it" in net_ctfsd.log_text()
