@@ -29,9 +29,9 @@ from ctfs.policy.peers import Peer
 log = logging.getLogger(__name__)
 
 CERTS = ".peer-certs"
-# A handshake, then the introduction: a peer that does not finish them in this long
-# is dropped (it holds a connection slot meanwhile).
-HANDSHAKE_TIMEOUT_S = 10.0
+# The introduction after the handshake (whose own limit is the link's): a peer that
+# does not finish it in this long is dropped (it holds a connection slot meanwhile).
+INTRODUCTION_TIMEOUT_S = 10.0
 # A listener that could not bind (its address not up yet) tries again this often.
 RETRY_BIND_S = 5.0
 MAX_CERT_PEM = 16384
@@ -84,7 +84,7 @@ class PeerService:
             return
         try:
             if fingerprint is None:
-                with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+                with trio.fail_after(INTRODUCTION_TIMEOUT_S):
                     await self._introduction(stream, where)
                 return
             peer = next((p for p in self.book.peers if p.fingerprint == fingerprint), None)
