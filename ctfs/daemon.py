@@ -276,7 +276,9 @@ async def serve(
             nursery.start_soon(endings.on_signals, nursery.cancel_scope, ending)
             nursery.start_soon(_watch_keeper, held)
             if host.peers is not None:
-                nursery.start_soon(PeerService(host.peers, args.state_dir).run)
+                service = PeerService(host.peers, args.state_dir)
+                host.serve_peers(service)
+                nursery.start_soon(service.run)
             # main() returns once an upgrade's requests are answered, or the mount went.
             await pyfuse3.main(min_tasks=4, max_tasks=256)
             nursery.cancel_scope.cancel()

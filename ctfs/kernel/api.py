@@ -17,9 +17,7 @@ import ipaddress
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import trio
+from typing import Protocol
 
 from ctfs.kernel import criu_values, launch_values, peer_values, readings
 
@@ -49,6 +47,8 @@ CriuRestore = criu_values.CriuRestore
 # What the peer link speaks, re-exported (see ctfs.kernel.peer_values).
 Identity = peer_values.Identity
 PeerLinkError = peer_values.PeerLinkError
+PeerLinks = peer_values.PeerLinks
+AreaStreams = peer_values.AreaStreams
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -274,6 +274,9 @@ class Network(Protocol):
 
     def veth(self, ctid: int) -> Veth: ...
 
+    def announce(self, addresses: Sequence[IPAddress]) -> None:
+        """Tell the uplinks' neighbours that ``addresses`` are reached here now."""
+
     def traffic(self, ctid: int) -> Traffic | None:
         """Bytes the container received and sent on its eth0; None without one."""
 
@@ -392,37 +395,6 @@ class Checkpointer(Protocol):
     def remove_network_lock(self, pid: int) -> None: ...
 
 
-class PeerLinks(Protocol):
-    """Talking to other ctfsd: this host's key pair, and TLS pinned by fingerprint.
-
-    A stream it gives is authenticated as far as its method says; messages are JSON
-    objects.  PeerLinkError: the other side is not who it must be, or broke the
-    protocol; OSError and trio's errors: the connection failed.
-    """
-
-    def identity(self, state_dir: Path) -> Identity:
-        """The key pair kept in ``state_dir``, made at the first call."""
-
-    def fingerprint_of(self, pem: str) -> str:
-        """A PEM certificate's SHA-256 fingerprint; ValueError if it is not one."""
-
-    async def accept(
-        self, tcp: trio.SocketStream, me: Identity, trusted_pems: Sequence[str]
-    ) -> tuple[trio.abc.Stream, str | None]:
-        """TLS as the server; the client's fingerprint, verified against
-        ``trusted_pems`` (None: it presented no certificate)."""
-
-    async def connect(
-        self, host: str, port: int, fingerprint: str, me: Identity | None
-    ) -> trio.abc.Stream:
-        """TLS to a server whose certificate has ``fingerprint`` (checked before
-        anything is sent), presenting ``me`` if given."""
-
-    async def send(self, stream: trio.abc.Stream, message: dict[str, Any]) -> None: ...
-
-    async def receive(self, stream: trio.abc.Stream) -> dict[str, Any]: ...
-
-
 @dataclass
 class Backends:
     """Every kernel backend the model uses; built once at startup."""
@@ -437,3 +409,4 @@ class Backends:
     launcher: Launcher
     checkpointer: Checkpointer
     peer_links: PeerLinks
+    area_streams: AreaStreams

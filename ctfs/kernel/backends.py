@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctfs.kernel.api import Backends, Cgroups
+from ctfs.kernel.btrfs_stream import BtrfsAreaStreams
 from ctfs.kernel.criu import Criu
 from ctfs.kernel.launcher import Launcher
 from ctfs.kernel.network import Network
@@ -29,4 +30,5 @@ def real(state_dir: Path, cgroups: Cgroups, uplink: str, criu: Path | None) -> B
         launcher=Launcher(),
         checkpointer=Criu(criu),
         peer_links=TlsPeerLinks(),
+        area_streams=BtrfsAreaStreams(),
     )

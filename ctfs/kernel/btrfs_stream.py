@@ -63,6 +63,7 @@ DEFAULT_TIME_LIMIT = 3600.0
 
 __all__ = [
     "DEFAULT_TIME_LIMIT",
+    "BtrfsAreaStreams",
     "StreamError",
     "SubvolumeIds",
     "identify",
@@ -251,3 +252,19 @@ def _remove_leftover(path: Path) -> None:
         for child in path.iterdir():
             _remove_leftover(child)
         path.rmdir()
+
+
+class BtrfsAreaStreams:
+    """The ``AreaStreams`` backend: the functions above, with the default time limit."""
+
+    def snapshot_readonly(self, source: Path, dest: Path) -> None:
+        snapshot_readonly(source, dest)
+
+    def send(self, snapshot: Path, out_fd: int, parent: Path | None) -> None:
+        send(snapshot, out_fd, parent)
+
+    def receive(self, in_fd: int, into: Path, parent: Path | None) -> Path:
+        return receive(in_fd, into, parent)
+
+    def make_writable(self, received: Path, dest: Path) -> None:
+        make_writable(received, dest)

@@ -30,6 +30,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ctfs.kernel import announce as announcing
 from ctfs.kernel import netns
 from ctfs.kernel.api import IPAddress as Address
 from ctfs.kernel.api import NetworkError, Traffic, Veth
@@ -172,6 +173,16 @@ class Network:
                 if route["dst_len"] == 0 and oif and oif not in found:
                     found.append(oif)
         return found
+
+    def announce(self, addresses: Sequence[Address]) -> None:
+        """Tell every uplink's neighbours that ``addresses`` are reached here now."""
+        if not addresses:
+            return
+        with _netlink("list the uplinks") as ipr:
+            links = [ipr.get_links(index)[0] for index in self.uplinks(ipr)]
+        for link in links:
+            mac = bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
+            announcing.announce(link.get_attr("IFLA_IFNAME"), mac, addresses)
 
     # ----------------------------------------------------------- changes
 

@@ -13,8 +13,9 @@ fingerprint, so trust works in two steps (see ``ctfs.model.peer_service``):
   verifies is checked by fingerprint again (``peer_fingerprint``).
 
 Messages are JSON objects framed by a 4-byte big-endian length, at most
-``MAX_MESSAGE`` bytes; raw data follows a message that announces its size.
-TLS 1.3 only.
+``MAX_MESSAGE`` bytes.  Raw data (a private area's send stream, a dump file) goes
+as chunks framed the same way, at most ``MAX_MESSAGE`` bytes each, ended by an
+empty one; both sides know from the protocol where data comes.  TLS 1.3 only.
 """
 
 from __future__ import annotations
@@ -112,6 +113,21 @@ async def receive(stream: trio.abc.Stream) -> dict[str, Any]:
     return message
 
 
+async def send_chunk(stream: trio.abc.Stream, data: bytes) -> None:
+    """One chunk of raw data; an empty one ends the data."""
+    if len(data) > MAX_MESSAGE:
+        raise PeerLinkError(f"a chunk of {len(data)} bytes; at most {MAX_MESSAGE}")
+    await stream.send_all(struct.pack(">I", len(data)) + data)
+
+
+async def receive_chunk(stream: trio.abc.Stream) -> bytes:
+    """The next chunk of raw data (empty: the data ended)."""
+    (size,) = struct.unpack(">I", await _exactly(stream, 4))
+    if size > MAX_MESSAGE:
+        raise PeerLinkError(f"a chunk of {size} bytes; at most {MAX_MESSAGE}")
+    return await _exactly(stream, size) if size else b""
+
+
 async def _exactly(stream: trio.abc.Stream, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
@@ -161,3 +177,9 @@ class TlsPeerLinks:
 
     async def receive(self, stream: trio.abc.Stream) -> dict[str, Any]:
         return await receive(stream)
+
+    async def send_chunk(self, stream: trio.abc.Stream, data: bytes) -> None:
+        await send_chunk(stream, data)
+
+    async def receive_chunk(self, stream: trio.abc.Stream) -> bytes:
+        return await receive_chunk(stream)

@@ -128,13 +128,17 @@ def snapshot(source: Path, dest: Path) -> None:
 
 
 def delete_subvolume(path: Path) -> None:
-    """Delete a subvolume (or a plain directory left by an interrupted create)."""
+    """Delete a subvolume, or a plain directory left by an interrupted create or
+    by a migration's receive (then with the subvolumes right inside it)."""
     if not path.exists():
         return
     if _is_subvolume(path):
         _run("btrfs", "subvolume", "delete", str(path))
-    else:
-        shutil.rmtree(path)
+        return
+    for child in path.iterdir():
+        if not child.is_symlink() and child.is_dir() and _is_subvolume(child):
+            _run("btrfs", "subvolume", "delete", str(child))
+    shutil.rmtree(path)
 
 
 def _is_subvolume(path: Path) -> bool:

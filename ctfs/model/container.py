@@ -45,6 +45,7 @@ class State(enum.StrEnum):
     STOPPING = "stopping"
     FREEZING = "freezing"
     RESTORING = "restoring"
+    MIGRATING = "migrating"
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -34,6 +35,10 @@ class Context:
     checkpoints_probed: trio.Event = field(default_factory=trio.Event)
     # Address changes take turns, so two containers never claim one address.
     address_lock: trio.Lock = field(default_factory=trio.Lock)
+    # Moves a container (the first argument: ctfs.model.container imports this
+    # module, so it cannot be named here) to the peer a word names; set when this
+    # host has peers (ctfs.model.host.Host.serve_peers).
+    migrate: Callable[[Any, str], Awaitable[None]] | None = None
 
     def start_soon(self, task: Callable[[], Awaitable[object]]) -> None:
         assert self.nursery is not None, "the host is not serving yet"

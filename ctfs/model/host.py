@@ -11,17 +11,20 @@ import errno
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found
 from ctfs.kernel.api import Backends, IPAddress, NetworkError, StorageError
-from ctfs.model import checkpoint, lifecycle, resources
+from ctfs.model import checkpoint, immigration, lifecycle, migration, resources
 from ctfs.model.container import CONF, Container, State
 from ctfs.model.context import Context
+from ctfs.model.peer_service import PeerService
 from ctfs.model.peers import PeerBook
-from ctfs.policy import idmap
+from ctfs.policy import idmap, netaddr
 from ctfs.policy.beancounters import Counter
+from ctfs.policy.peers import Peer
 from ctfs.policy.values import CTID_MAX, parse_ctid
 
 log = logging.getLogger(__name__)
@@ -58,12 +61,32 @@ class Host:
         )
         self.ctx.mountpoint = mountpoint
         self.peers: PeerBook | None = None
+        # Containers arriving from a peer (see ctfs.model.immigration): their settings.
+        self.arriving: dict[int, dict[str, str]] = {}
 
     def peer_book(self) -> PeerBook:
         """The identity and trusted peers (set up by ctfsd before it serves)."""
         if self.peers is None:
             raise CtfsError(errno.EOPNOTSUPP, "this ctfsd has no identity for peers")
         return self.peers
+
+    def serve_peers(self, service: PeerService) -> None:
+        """Move containers to and from the peers ``service`` talks to."""
+
+        async def arrive(stream: trio.abc.Stream, peer: Peer, offer: dict[str, Any]) -> None:
+            await immigration.receive(self, stream, peer, offer)
+
+        async def leave(ct: Container, word: str) -> None:
+            peer = self.peer_book().resolve(word)
+            if peer is None:
+                raise invalid(
+                    f"unknown state {word!r}; write running, stopped, frozen or the name "
+                    "of a peer in /ctfs/peers to move the container there"
+                )
+            await migration.migrate(ct, peer, service, self.remove)
+
+        service.handlers["migrate"] = arrive
+        self.ctx.migrate = leave
 
     def start(self, nursery: trio.Nursery) -> None:
         """Begin serving: load the containers on disk and watch the running ones."""
@@ -128,10 +151,14 @@ class Host:
         for ctid, container in self.containers.items():
             if address in container.addresses:
                 return ctid
+        for ctid, settings in self.arriving.items():
+            if address in netaddr.from_setting(settings.get("IP_ADDRESS", "")):
+                return ctid
         return None
 
     def id_bases_taken(self) -> set[int]:
-        bases = (idmap.base_of(ct.settings) for ct in self.containers.values())
+        every = [ct.settings for ct in self.containers.values()] + list(self.arriving.values())
+        bases = (idmap.base_of(settings) for settings in every)
         return {base for base in bases if base is not None}
 
     def template_names(self) -> list[str]:
@@ -150,7 +177,7 @@ class Host:
                 log.warning(
                     "removing %s: a container creation or removal was interrupted", directory
                 )
-                self._remove_area(directory)
+                self.remove_area(directory)
                 continue
             container = Container(self.ctx, ctid)
             container.load()
@@ -200,6 +227,8 @@ class Host:
             raise invalid(f"{name!r} is not a CTID (a number 1..{CTID_MAX} without leading zeros)")
         if ctid in self.containers:
             raise CtfsError(errno.EEXIST, f"container {ctid} exists")
+        if ctid in self.arriving:
+            raise CtfsError(errno.EEXIST, f"container {ctid} is arriving from a peer")
         template = self.backends.templates.get(self.default_template)
         if template is None:
             raise not_found(f"the default template {self.default_template!r} is not installed")
@@ -215,7 +244,7 @@ class Host:
             container.persist(OSTEMPLATE=template.name, HOSTNAME=f"ct{ctid}", ID_RANGE=ids)
         except (OSError, StorageError) as exc:
             del self.containers[ctid]
-            await trio.to_thread.run_sync(self._remove_area, container.dir)
+            await trio.to_thread.run_sync(self.remove_area, container.dir)
             raise kernel_failed(f"cannot create container {ctid}: {exc}") from exc
         except BaseException:
             del self.containers[ctid]
@@ -233,17 +262,23 @@ class Host:
             raise not_found(f"no container {ctid}")
         if container.state is not State.STOPPED:
             raise busy(f"container {ctid} is {container.state.value}; stop it first")
+        await self.remove(container)
+        log.info("CT %d: destroyed", ctid)
+
+    async def remove(self, container: Container) -> None:
+        """Remove a container for good, whatever its state says (a destroyed one
+        is stopped; a moved one lives on a peer now)."""
+        ctid = container.ctid
         del self.containers[ctid]
         try:
             os.rename(container.dir / CONF, container.dir / f".{CONF}.destroyed")
         except OSError as exc:
             self.containers[ctid] = container
             raise kernel_failed(f"cannot remove ctid.conf: {exc}") from exc
-        log.info("CT %d: destroyed", ctid)
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self._remove_area, container.dir)
+            await trio.to_thread.run_sync(self.remove_area, container.dir)
 
-    def _remove_area(self, directory: Path) -> None:
+    def remove_area(self, directory: Path) -> None:
         try:
             for sub in list(directory.iterdir()):
                 if sub.is_dir() and not sub.is_symlink():

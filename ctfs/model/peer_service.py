@@ -17,7 +17,9 @@ import contextlib
 import errno
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -37,12 +39,18 @@ RETRY_BIND_S = 5.0
 MAX_CERT_PEM = 16384
 
 
+# What a request beyond "hello" becomes: it has the connection from then on.
+Handler = Callable[[trio.abc.Stream, Peer, dict[str, Any]], Awaitable[None]]
+
+
 class PeerService:
     def __init__(self, book: PeerBook, state_dir: Path) -> None:
         self.book = book
         self.links = book.links
         self.certs = state_dir / CERTS
         self.certs.mkdir(mode=0o700, exist_ok=True)
+        # Set by the host: "migrate" (see ctfs.model.immigration).
+        self.handlers: dict[str, Handler] = {}
 
     # ------------------------------------------------------------- listening
 
@@ -128,8 +136,13 @@ class PeerService:
                 message = await self.links.receive(stream)
             except PeerLinkError:
                 return  # the peer closed the connection
-            if message.get("op") == "hello":
+            op = message.get("op")
+            handler = self.handlers.get(op) if isinstance(op, str) else None
+            if op == "hello":
                 await self.links.send(stream, {"ok": True, "name": self.book.own.name})
+            elif handler is not None:
+                await handler(stream, peer, message)
+                return
             else:
                 log.warning(
                     "peers: %s asked for %r, which this ctfsd does not do",

@@ -18,7 +18,15 @@ import trio
 
 from ctfs.errors import invalid
 from ctfs.kernel.api import PeerLinks
-from ctfs.policy.peers import DEFAULT_PORT, NAME_RE, Peer, PeerError, parse_peers, render_peers
+from ctfs.policy.peers import (
+    DEFAULT_PORT,
+    NAME_RE,
+    Peer,
+    PeerError,
+    find_peer,
+    parse_peers,
+    render_peers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,10 @@ class PeerBook:
 
     def find(self, name: str) -> Peer | None:
         return next((peer for peer in self.peers if peer.name == name), None)
+
+    def resolve(self, word: str) -> Peer | None:
+        """The peer a write to ``state`` names (see ``find_peer``)."""
+        return find_peer(self.peers, word)
 
     async def replace(self, text: str) -> None:
         """Trust exactly the peers of ``text``, or raise EINVAL having changed nothing."""

@@ -17,7 +17,10 @@ REQUESTABLE = (State.RUNNING, State.STOPPED, State.FROZEN)
 async def request(ct: Container, word: str) -> None:
     """Carry out a write to ``state``; returns once the new state is reached."""
     if word not in REQUESTABLE:
-        raise invalid(f"unknown state {word!r}; write running, stopped or frozen")
+        if ct.ctx.migrate is None:
+            raise invalid(f"unknown state {word!r}; write running, stopped or frozen")
+        await ct.ctx.migrate(ct, word)  # a peer's name: the container moves there
+        return
     ct.refuse_while_changing()
     current = ct.state
     if word == current:

@@ -106,3 +106,18 @@ def parse_peers(text: str) -> list[Peer]:
 
 def render_peers(peers: list[Peer]) -> str:
     return "".join(f"{peer.line()}\n" for peer in peers)
+
+
+def find_peer(peers: list[Peer], word: str) -> Peer | None:
+    """The peer ``word`` names: its name, ``NAME:PORT``, or its ``ADDRESS[:PORT]``
+    (without a port, any of that address's ports if only one peer has it)."""
+    name, sep, port = word.partition(":")
+    for peer in peers:
+        if peer.name == word or (sep and peer.name == name and str(peer.port) == port):
+            return peer
+    try:
+        address, given = parse_endpoint(word, -1)
+    except PeerError:
+        return None
+    found = [p for p in peers if p.host == address and given in (-1, p.port)]
+    return found[0] if len(found) == 1 else None

@@ -1,0 +1,157 @@
+"""Live migration between two ctfsd, each in its own network namespace on one switch
+(tests.migration_lab), with a client outside both."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.ctfsd_harness import Ctfsd, ctfs_exec, started, wait_for, write_errno
+from tests.migration_lab import HOSTS, PREFIX, MigrationLab
+from tests.system.test_checkpoint import COUNTER, ECHO_CLIENT, EXCHANGES_AFTER
+
+PORT = 7385
+ADDRESS = f"{PREFIX}.50"
+
+
+@pytest.fixture(scope="module")
+def mlab() -> Iterator[MigrationLab]:
+    made = MigrationLab()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _daemon(mlab: MigrationLab, name: str) -> Ctfsd:
+    extra = ("--uplink", "up0", "--peer-name", name, "--peer-address", f"{HOSTS[name]}:{PORT}")
+    return Ctfsd(wrapper=mlab.enter(name), extra=extra)
+
+
+@pytest.fixture(scope="module")
+def hosts(mlab: MigrationLab) -> Iterator[tuple[Ctfsd, Ctfsd]]:
+    """hosta and hostb, each trusting the other."""
+    with started(_daemon(mlab, "hosta")) as a, started(_daemon(mlab, "hostb")) as b:
+        for here, there in ((a, b), (b, a)):
+            line = (there.mount / "identity").read_text()
+            assert write_errno(here.mount / "peers", line.encode()) == 0
+        for daemon in (a, b):
+            assert wait_for(lambda d=daemon: "peers: listening on" in d.log_text())
+        yield a, b
+
+
+def _sh(ct: Path, script: str) -> str:
+    done = ctfs_exec(ct, "sh", "-c", script)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _counter(ct: Path) -> int:
+    return int(_sh(ct, "cat /tmp/counter").strip() or 0)
+
+
+def _move(ct: Path, to: str) -> int:
+    return write_errno(ct / "state", to.encode())
+
+
+@pytest.fixture
+def moving(hosts: tuple[Ctfsd, Ctfsd]) -> Iterator[int]:
+    """CT 4101 on hosta, running, with an address and a counter; removed from
+    whichever host has it afterwards."""
+    a, _ = hosts
+    ctid = 4101
+    ct = a.mount / str(ctid)
+    ct.mkdir()
+    try:
+        assert write_errno(ct / "ip", ADDRESS.encode()) == 0
+        assert write_errno(ct / "cpuunits", b"2500") == 0
+        assert write_errno(ct / "state", b"running") == 0
+        _sh(ct, f"({COUNTER}) </dev/null >/dev/null 2>&1 &")
+        assert wait_for(lambda: _counter(ct) > 2, timeout=5)
+        yield ctid
+    finally:
+        for daemon in hosts:
+            path = daemon.mount / str(ctid)
+            if path.exists():
+                if write_errno(path / "state", b"stopped") != 0:
+                    daemon.kill_container(ctid)
+                with contextlib.suppress(OSError):
+                    path.rmdir()
+
+
+def test_a_running_container_moves_there_and_its_counter_goes_on(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int
+) -> None:
+    a, b = hosts
+    source, target = a.mount / str(moving), b.mount / str(moving)
+    before = _counter(source)
+    settings = (source / "cpuunits").read_text()
+    assert _move(source, "hostb") == 0, (source / "events").read_text()
+    assert not source.exists()
+    assert (target / "state").read_text() == "running\n"
+    assert (target / "cpuunits").read_text() == settings
+    assert (target / "ip").read_text().split() == [ADDRESS]
+    assert wait_for(lambda: _counter(target) > before + 3, timeout=5)
+    events = (target / "events").read_text()
+    assert "migration: to hostb" in events  # the history came along
+    assert "migration: arrived from hosta, running" in events
+    assert "migration: now on hostb" in a.log_text()
+
+
+def test_a_client_connection_survives_the_move_there_and_back(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int, mlab: MigrationLab
+) -> None:
+    a, b = hosts
+    _sh(a.mount / str(moving), "(nc -l -p 7000 -e cat) </dev/null >/dev/null 2>&1 &")
+    time.sleep(0.3)
+    argv = [sys.executable, "-c", ECHO_CLIENT, ADDRESS, "7000", str(EXCHANGES_AFTER)]
+    client = subprocess.Popen(
+        [*mlab.enter("client"), *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "connected"
+        time.sleep(0.5)
+        assert _move(a.mount / str(moving), "hostb") == 0
+        time.sleep(0.5)
+        there = b.mount / str(moving)
+        assert _move(there, "hosta") == 0, (there / "events").read_text()
+        out, _ = client.communicate("restored\n", timeout=120)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    assert client.returncode == 0, out
+    word, before, after = out.split()
+    assert (word, after) == ("ok", str(EXCHANGES_AFTER))
+    assert int(before) > 10
+
+
+def test_a_ctid_taken_there_is_refused_before_anything_moves(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int
+) -> None:
+    a, b = hosts
+    taken = b.mount / str(moving)
+    taken.mkdir()
+    try:
+        source = a.mount / str(moving)
+        assert _move(source, "hostb") == errno.EEXIST
+        assert (source / "state").read_text() == "running\n"
+        assert f"container {moving} exists here" in (source / "events").read_text()
+        assert (taken / "state").read_text() == "stopped\n"
+    finally:
+        taken.rmdir()
+
+
+def test_a_name_that_is_no_peer_is_einval(hosts: tuple[Ctfsd, Ctfsd], moving: int) -> None:
+    a, _ = hosts
+    source = a.mount / str(moving)
+    assert _move(source, "hostc") == errno.EINVAL
+    assert (source / "state").read_text() == "running\n"
