@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import ssl
 import struct
 from collections.abc import Sequence
@@ -37,6 +38,22 @@ MAX_MESSAGE = 1 << 20
 # A handshake and the first message: a peer that does not finish them in this long
 # is dropped (it holds a connection slot meanwhile).
 HANDSHAKE_TIMEOUT_S = 10.0
+# Unacknowledged data or silent keepalives for this long end a link (see
+# notice_a_dead_peer); a living peer busy restoring still acknowledges.
+DEAD_PEER_S = 20.0
+KEEPALIVE_S = 5
+
+
+def notice_a_dead_peer(tcp: trio.SocketStream) -> None:
+    """A peer that vanished (powered off, cable pulled) breaks the link within about
+    ``DEAD_PEER_S``, not after TCP's 15 minutes of retransmissions: a move waiting
+    on it resumes the container at its source instead of hanging."""
+    sock = tcp.socket
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(DEAD_PEER_S * 1000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
 def server_context(me: Identity, trusted_pems: Sequence[str]) -> ssl.SSLContext:
@@ -76,7 +93,9 @@ async def connect(
 ) -> trio.SSLStream[trio.SocketStream]:
     """A TLS stream to the peer at ``host``:``port`` whose certificate has
     ``fingerprint``; PeerLinkError (nothing sent) if it has another."""
-    tcp = await trio.open_tcp_stream(host, port)
+    with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+        tcp = await trio.open_tcp_stream(host, port)
+    notice_a_dead_peer(tcp)
     stream = trio.SSLStream(tcp, client_context(me), server_side=False)
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT_S):
@@ -143,6 +162,7 @@ async def accept(
 ) -> tuple[trio.SSLStream[trio.SocketStream], str | None]:
     """The server side of a handshake on ``tcp``: the stream, and the fingerprint of
     the client's certificate (None: it presented none).  Within the time limit."""
+    notice_a_dead_peer(tcp)
     stream = trio.SSLStream(tcp, server_context(me, trusted_pems), server_side=True)
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT_S):

@@ -183,6 +183,8 @@ class Host:
             container.load()
             # Nothing vouches for images kept by an earlier ctfsd: the dump file decides.
             checkpoint.drop_kept(container)
+            # A move an earlier ctfsd did not finish: it stays here (see migration).
+            migration.drop_snapshots(container)
             self.containers[ctid] = container
         cgroups = self.backends.cgroups
         for ctid in cgroups.populated():

@@ -105,6 +105,8 @@ class Move:
         try:
             await trio.to_thread.run_sync(streams.snapshot_readonly, self.ct.root, snapshot)
             sent = await relay.send_area(self.links, self.stream, streams, snapshot, parent)
+        except relay.LinkBroken as exc:
+            raise self.broken(exc) from exc
         except (StorageError, relay.RelayError) as exc:
             raise kernel_failed(f"cannot send the private area: {exc}") from exc
         await self.answer()
@@ -116,6 +118,8 @@ class Move:
         await self.ask({"op": "dump"})
         try:
             sent = await relay.send_file(self.links, self.stream, self.ct.dump_path)
+        except relay.LinkBroken as exc:
+            raise self.broken(exc) from exc
         except relay.RelayError as exc:
             raise kernel_failed(f"cannot send the dump file: {exc}") from exc
         await self.answer()
@@ -138,11 +142,8 @@ async def migrate(
     async with ct.changing(State.MIGRATING):
         ct.events.record(f"migration: to {peer.name} at {peer.host}:{peer.port}, {state.value}")
         try:
+            # A failure's sentence reaches events through the state file's writer.
             moved = await _move(ct, peer, service, state)
-        except CtfsError as exc:
-            ct.events.record(f"migration to {peer.name} failed: {exc.sentence}", logging.ERROR)
-            exc.recorded = True
-            raise
         finally:
             await trio.to_thread.run_sync(drop_snapshots, ct)
         if moved:

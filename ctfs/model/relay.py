@@ -6,8 +6,9 @@ Invariants:
   broken stream or a truncated file for a whole one.
 - A received file appears under its name only once complete and synced
   (written as ``NAME.new`` and renamed); a failed receive leaves neither.
-- Each side's error is its own: the first failure (btrfs's, the link's) is the
-  one raised, as a CtfsError-free ``RelayError`` the caller words.
+- The first failure (btrfs's, the disk's, the link's) is the one raised, as a
+  ``RelayError`` the caller words.  A receiver that fails still reads the rest
+  of the data (and drops it), so the sender hears the reason, not a reset.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ _LINK_ERRORS = (PeerLinkError, OSError, trio.BrokenResourceError, trio.ClosedRes
 
 class RelayError(Exception):
     """Data did not cross; the text says which side failed and why."""
+
+
+class LinkBroken(RelayError):
+    """...because the link to the peer broke."""
 
 
 def _pipe() -> tuple[int, int]:
@@ -67,9 +72,9 @@ async def send_area(
                     await links.send_chunk(stream, chunk)
                     sent += len(chunk)
             except _LINK_ERRORS as exc:
-                failure.append(RelayError(f"the link broke: {exc or type(exc).__name__}"))
+                failure.append(LinkBroken(exc or type(exc).__name__))
     if failure:
-        raise RelayError(str(failure[0])) from failure[0]
+        raise _relay_error(failure[0])
     await _end(links, stream)
     return sent
 
@@ -103,12 +108,13 @@ async def receive_area(
                     await writer.send_all(chunk)
                     received += len(chunk)
             except trio.BrokenResourceError:
-                pass  # btrfs stopped reading: its own error says why
+                # btrfs stopped reading (its own error says why): the rest of the
+                # stream is read and dropped, so the sender gets to hear why.
+                await _drain(links, stream)
             except _LINK_ERRORS as exc:
-                failure.insert(0, RelayError(f"the link broke: {exc or type(exc).__name__}"))
+                failure.insert(0, LinkBroken(exc or type(exc).__name__))
     if failure or not result:
-        reason = failure[0] if failure else RelayError("btrfs receive made nothing")
-        raise RelayError(str(reason)) from reason
+        raise _relay_error(failure[0] if failure else RelayError("btrfs receive made nothing"))
     return result[0], received
 
 
@@ -121,7 +127,7 @@ async def send_file(links: PeerLinks, stream: trio.abc.Stream, path: Path) -> in
                 await links.send_chunk(stream, chunk)
                 sent += len(chunk)
     except _LINK_ERRORS as exc:
-        raise RelayError(f"{path.name}: {exc or type(exc).__name__}") from exc
+        raise LinkBroken(exc or type(exc).__name__) from exc
     await _end(links, stream)
     return sent
 
@@ -133,7 +139,11 @@ async def receive_file(links: PeerLinks, stream: trio.abc.Stream, path: Path) ->
     try:
         async with await trio.open_file(new, "wb") as f:
             while chunk := await links.receive_chunk(stream):
-                await f.write(chunk)
+                try:
+                    await f.write(chunk)
+                except OSError:
+                    await _drain(links, stream)  # the sender gets to hear why
+                    raise
                 received += len(chunk)
             await f.flush()
             await trio.to_thread.run_sync(os.fsync, f.fileno())
@@ -141,14 +151,31 @@ async def receive_file(links: PeerLinks, stream: trio.abc.Stream, path: Path) ->
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             new.unlink()
-        if isinstance(exc, _LINK_ERRORS):
-            raise RelayError(f"{path.name}: {exc or type(exc).__name__}") from exc
+        if isinstance(exc, PeerLinkError | trio.BrokenResourceError | trio.ClosedResourceError):
+            raise LinkBroken(exc or type(exc).__name__) from exc
+        if isinstance(exc, OSError):
+            raise RelayError(f"cannot write {path.name}: {exc}") from exc
         raise
     return received
+
+
+def _relay_error(reason: BaseException) -> RelayError:
+    if isinstance(reason, RelayError):
+        return reason
+    error = RelayError(str(reason))
+    error.__cause__ = reason
+    return error
+
+
+async def _drain(links: PeerLinks, stream: trio.abc.Stream) -> None:
+    """Read the rest of a data stream and drop it: the link stays usable for an answer."""
+    with contextlib.suppress(*_LINK_ERRORS):
+        while await links.receive_chunk(stream):
+            pass
 
 
 async def _end(links: PeerLinks, stream: trio.abc.Stream) -> None:
     try:
         await links.send_chunk(stream, b"")
     except _LINK_ERRORS as exc:
-        raise RelayError(f"the link broke: {exc or type(exc).__name__}") from exc
+        raise LinkBroken(exc or type(exc).__name__) from exc

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,3 +157,55 @@ def test_a_name_that_is_no_peer_is_einval(hosts: tuple[Ctfsd, Ctfsd], moving: in
     source = a.mount / str(moving)
     assert _move(source, "hostc") == errno.EINVAL
     assert (source / "state").read_text() == "running\n"
+
+
+def _move_in_background(ct: Path, to: str) -> tuple[threading.Thread, list[int]]:
+    result: list[int] = []
+    mover = threading.Thread(target=lambda: result.append(_move(ct, to)))
+    mover.start()
+    return mover, result
+
+
+def _leftovers(daemon: Ctfsd, ctid: int) -> list[str]:
+    return sorted(p.name for p in daemon.state.iterdir() if p.name == str(ctid))
+
+
+def test_a_target_killed_during_the_transfer_leaves_it_running_here_and_nothing_there(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int
+) -> None:
+    a, b = hosts
+    source = a.mount / str(moving)
+    _sh(source, "dd if=/dev/zero of=/ballast bs=1M count=400 2>/dev/null")
+    mover, result = _move_in_background(source, "hostb")
+    try:
+        assert wait_for(lambda: (b.state / str(moving) / ".arriving").exists(), timeout=20)
+        b.kill()
+    finally:
+        mover.join(timeout=120)
+        if b.proc is None:
+            b.start()
+    assert result and result[0] in (errno.EHOSTUNREACH, errno.EIO), result
+    assert (source / "state").read_text() == "running\n"
+    before = _counter(source)
+    assert wait_for(lambda: _counter(source) > before, timeout=5)
+    assert not (b.mount / str(moving)).exists()
+    assert _leftovers(b, moving) == []
+    assert 'state: rejected "hostb": the link to hostb broke' in (source / "events").read_text()
+
+
+def test_a_full_disk_there_leaves_it_running_here(hosts: tuple[Ctfsd, Ctfsd], moving: int) -> None:
+    a, b = hosts
+    source = a.mount / str(moving)
+    _sh(source, "dd if=/dev/zero of=/ballast bs=1M count=64 2>/dev/null")
+    filler = b.state / "filler"
+    free = shutil.disk_usage(b.state).free
+    subprocess.run(["fallocate", "-l", str(free - (16 << 20)), str(filler)], check=True)
+    try:
+        assert _move(source, "hostb") == errno.EIO
+    finally:
+        filler.unlink()
+    assert (source / "state").read_text() == "running\n"
+    assert "hostb refused: btrfs receive: writing to ballast failed: No space left on device" in (
+        (source / "events").read_text()
+    )
+    assert _leftovers(b, moving) == []
