@@ -124,6 +124,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"default route, port {DEFAULT_PORT})",
     )
     parser.add_argument(
+        "--migrate-memory",
+        choices=("post-copy", "stop-and-copy"),
+        default="post-copy",
+        help="how a running container's memory moves to a peer: after the restore there, "
+        "fetched as it is touched (post-copy, the default: the frozen time does not grow "
+        "with its memory), or with its dump (stop-and-copy)",
+    )
+    parser.add_argument(
         "--foreground", "-f", action="store_true", help="stay in the foreground and log to stderr"
     )
     parser.add_argument(
@@ -244,6 +252,7 @@ async def serve(
     )
     # openssl, at the first start only: ~20 ms.
     host.peers = await trio.to_thread.run_sync(_peer_book, args, host.backends.peer_links)
+    host.post_copy = args.migrate_memory == "post-copy"
     operations = CtfsOperations(host)
     try:
         first = await take_over(

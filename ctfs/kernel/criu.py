@@ -35,7 +35,7 @@ from pathlib import Path
 
 from pyroute2.nftables.main import NFTables
 
-from ctfs.kernel import netns, processes, restore_views
+from ctfs.kernel import lazy_pages, netns, processes, restore_views
 from ctfs.kernel.api import CriuDump, CriuError, CriuRestore, Veth
 
 DEFAULT_BINARY = Path("/opt/ctfs/criu/sbin/criu")
@@ -84,6 +84,10 @@ class Criu:
         # PIDs of the CRIU runs under way (one thread each), and their guard.
         self._running: set[int] = set()
         self._lock = threading.Lock()
+        # Lazy dumps under way, by images directory (see stop_dump); lazy-pages
+        # daemons of restores, by work directory (see await_pages).
+        self._dumps: dict[Path, subprocess.Popen[str]] = {}
+        self._lazy: dict[Path, subprocess.Popen[str]] = {}
 
     def probe(self) -> str | None:
         """Check that checkpoints can work here; the reason they cannot, or None."""
@@ -118,7 +122,12 @@ class Criu:
 
     # ------------------------------------------------------------ commands
 
-    def dump(self, options: CriuDump, on_timeout: Callable[[], None]) -> None:
+    def dump(
+        self,
+        options: CriuDump,
+        on_timeout: Callable[[], None],
+        on_images: Callable[[], None] | None = None,
+    ) -> None:
         argv = [
             "dump",
             "--tree", str(options.pid),
@@ -137,7 +146,35 @@ class Criu:
             argv += ["--external", f"mnt[/dev]:{DEV_KEY}"]
         for inside in options.views:
             argv += ["--external", f"mnt[{inside}]:{_view_key(inside)}"]
-        self._run(argv, options.work / "dump.log", options.timeout, on_timeout, env={})
+        if options.lazy is None:
+            self._run(argv, options.work / "dump.log", options.timeout, on_timeout, env={})
+            return
+        lazy_pages.raise_pipe_limit()
+        status, give = lazy_pages.status_pipe()
+        argv += ["--lazy-pages", *lazy_pages.endpoint(options.lazy), "--status-fd", str(give)]
+        try:
+            proc = self._start(argv, {}, (give,))
+        except BaseException:
+            os.close(status)
+            raise
+        finally:
+            os.close(give)
+        self._dumps[options.images] = proc
+        try:
+            waiter = lazy_pages.call_when_ready(status, on_images or (lambda: None))
+            self._watch(proc, options.work / "dump.log", options.timeout, on_timeout, "dump")
+            waiter.join()
+        finally:
+            self._dumps.pop(options.images, None)
+
+    def page_server_port(self, address: str) -> int:
+        return lazy_pages.free_port(address)
+
+    def stop_dump(self, images: Path) -> None:
+        proc = self._dumps.get(images)
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
 
     def restore(self, options: CriuRestore, on_timeout: Callable[[], None]) -> int:
         """Restore detached; return the host PID of the restored init."""
@@ -195,11 +232,68 @@ class Criu:
             )
         if env:
             argv += ["--action-script", str(_action_script(work))]
-        self._run(argv, work / "restore.log", options.timeout, on_timeout, env)
+        if options.lazy is None:
+            self._run(argv, work / "restore.log", options.timeout, on_timeout, env)
+        else:
+            self._restore_lazily(argv, options, on_timeout, env)
         try:
             return int(pidfile.read_text().strip())
         except (OSError, ValueError) as exc:
             raise CriuError(f"restore left no usable pidfile: {exc}") from exc
+
+    def _restore_lazily(
+        self,
+        argv: list[str],
+        options: CriuRestore,
+        on_timeout: Callable[[], None],
+        env: dict[str, str],
+    ) -> None:
+        """The lazy-pages daemon first (it fetches from the source), then the restore."""
+        assert options.lazy is not None
+        work = options.work
+        status, give = lazy_pages.status_pipe()
+        daemon_argv = [
+            "lazy-pages", "--page-server",
+            *lazy_pages.endpoint(options.lazy),
+            "--images-dir", str(options.images),
+            "--work-dir", str(work),
+            "--log-file", "lazy-pages.log",
+            "--status-fd", str(give),
+        ]  # fmt: skip
+        try:
+            daemon = self._start(daemon_argv, {}, (give,))
+        except BaseException:
+            os.close(status)
+            raise
+        finally:
+            os.close(give)
+        self._lazy[work] = daemon
+        try:
+            if not lazy_pages.wait_ready(status, daemon):
+                reason = log_reason(work / "lazy-pages.log")
+                raise CriuError(
+                    f"criu lazy-pages did not get ready: {reason}", work / "lazy-pages.log"
+                )
+            argv.append("--lazy-pages")
+            with lazy_pages.userfaultfd_allowed():
+                self._run(argv, work / "restore.log", options.timeout, on_timeout, env)
+        except BaseException:
+            self._lazy.pop(work, None)
+            daemon.kill()
+            daemon.communicate()
+            raise
+
+    def await_pages(self, work: Path, timeout: float) -> None:
+        daemon = self._lazy.pop(work, None)
+        if daemon is None:
+            return
+        with self._lock:
+            self._running.add(daemon.pid)
+        try:
+            self._wait(daemon, work / "lazy-pages.log", timeout, lambda: None, "lazy-pages")
+        finally:
+            with self._lock:
+                self._running.discard(daemon.pid)
 
     def remove_network_lock(self, pid: int) -> None:
         """Drop the nftables tables a killed CRIU left to hold the container's traffic."""
@@ -222,9 +316,14 @@ class Criu:
         on_timeout: Callable[[], None],
         env: dict[str, str],
     ) -> None:
+        self._watch(self._start(argv, env, ()), log, timeout, on_timeout, argv[0])
+
+    def _start(
+        self, argv: list[str], env: dict[str, str], pass_fds: tuple[int, ...]
+    ) -> subprocess.Popen[str]:
         if self.binary is None or self.unavailable is not None:
             raise CriuError(f"checkpoints are unavailable: {self.unavailable}")
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             [str(self.binary), *argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -233,11 +332,21 @@ class Criu:
             env={**os.environ, **env},
             # Its own process group: a terminal's Ctrl-C for ctfsd must not cut it short.
             start_new_session=True,
+            pass_fds=pass_fds,
         )
+
+    def _watch(
+        self,
+        proc: subprocess.Popen[str],
+        log: Path,
+        timeout: float,
+        on_timeout: Callable[[], None],
+        action: str,
+    ) -> None:
         with self._lock:
             self._running.add(proc.pid)
         try:
-            self._wait(proc, log, timeout, on_timeout, argv[0])
+            self._wait(proc, log, timeout, on_timeout, action)
         finally:
             with self._lock:
                 self._running.discard(proc.pid)

@@ -39,6 +39,27 @@ class CriuError(Exception):
 
 
 @dataclass(frozen=True)
+class CriuTls:
+    """Mutual TLS for CRIU's page server: our key pair; the peer's certificate is
+    the only one trusted (self-signed, so it is its own CA)."""
+
+    cert: Path
+    key: Path
+    peer_cert: Path
+
+
+@dataclass(frozen=True)
+class LazyPages:
+    """Post-copy: memory pages go after the freeze, from the source's page server
+    at ``address``:``port``, as the restored processes touch them (and all of
+    them in the background)."""
+
+    address: str
+    port: int
+    tls: CriuTls | None
+
+
+@dataclass(frozen=True)
 class CriuDump:
     pid: int
     images: Path
@@ -51,6 +72,8 @@ class CriuDump:
     id_base: int | None = None
     # Paths inside of the ctfs views bound into it: external mounts, not dumped.
     views: tuple[str, ...] = ()
+    # Serve the memory pages instead of writing them (the dump ends once all went).
+    lazy: LazyPages | None = None
 
 
 @dataclass(frozen=True)
@@ -73,3 +96,5 @@ class CriuRestore:
     views: tuple[tuple[str, str], ...] = ()
     # Enabled by the action script at setup-namespaces, once init left the top cgroup.
     subtree_controls: SubtreeControls = ()
+    # Fetch the memory pages from a source's page server (see Checkpointer.await_pages).
+    lazy: LazyPages | None = None

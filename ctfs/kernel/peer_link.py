@@ -203,3 +203,10 @@ class TlsPeerLinks:
 
     async def receive_chunk(self, stream: trio.abc.Stream) -> bytes:
         return await receive_chunk(stream)
+
+    def peer_pem(self, stream: trio.abc.Stream) -> str:
+        assert isinstance(stream, trio.SSLStream)
+        der = stream.getpeercert(binary_form=True)
+        if not der:
+            raise PeerLinkError("the other side presented no certificate")
+        return ssl.DER_cert_to_PEM_cert(der)

@@ -61,6 +61,9 @@ class PeerLinks(Protocol):
     async def receive_chunk(self, stream: trio.abc.Stream) -> bytes:
         """The next chunk of raw data; empty when it ended."""
 
+    def peer_pem(self, stream: trio.abc.Stream) -> str:
+        """The certificate the other side of ``stream`` presented, as PEM."""
+
 
 class AreaStreams(Protocol):
     """A private area as btrfs send streams, in passes (``ctfs.kernel.btrfs_stream``).

@@ -17,13 +17,14 @@ import errno
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
 import trio
 
 from ctfs.errors import CtfsError, busy, kernel_failed
-from ctfs.kernel.api import Checkpointer, CriuDump, CriuError, CriuRestore
+from ctfs.kernel.api import Checkpointer, CriuDump, CriuError, CriuRestore, LazyPages
 from ctfs.model import containment, criu_logs, dumpfile, lifecycle, own_cgroups, views
 from ctfs.model.container import Container, InitProcess
 from ctfs.policy import idmap
@@ -50,7 +51,7 @@ def stamp(path: Path) -> tuple[int, ...] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-async def _checkpointer(ct: Container) -> Checkpointer:
+async def checkpointer(ct: Container) -> Checkpointer:
     await ct.ctx.checkpoints_probed.wait()
     engine = ct.backends.checkpointer
     if engine.unavailable is not None:
@@ -63,7 +64,7 @@ async def _checkpointer(ct: Container) -> Checkpointer:
 
 async def freeze(ct: Container) -> None:
     """Checkpoint into the dump file and end the processes; or change nothing."""
-    engine = await _checkpointer(ct)
+    engine = await checkpointer(ct)
     init = ct.init
     assert init is not None
     cgroups = ct.backends.cgroups
@@ -75,17 +76,17 @@ async def freeze(ct: Container) -> None:
             "ctfs exec or enter is running in the container (host PID "
             f"{', '.join(map(str, sessions))}); end it first"
         )
-    images, work = await trio.to_thread.run_sync(_scratch, ct)
+    images, work = await trio.to_thread.run_sync(scratch, ct)
     ran = views.uptime(ct)
     began = time.monotonic()
     try:
-        await _freeze_between_reads(ct)
+        await freeze_between_reads(ct)
     except (OSError, TimeoutError) as exc:
         await trio.to_thread.run_sync(cgroups.thaw, ct.ctid)
-        await trio.to_thread.run_sync(_drop_scratch, ct)
+        await trio.to_thread.run_sync(drop_scratch, ct)
         raise kernel_failed(f"cannot freeze the container: {exc}") from exc
     frozen_at = time.monotonic()
-    await _dump(ct, engine, init, images, work)
+    await dump(ct, engine, init, images, work)
     dumped_at = time.monotonic()
     # CRIU ended the processes once their state was on disk.
     with trio.move_on_after(10):
@@ -93,7 +94,7 @@ async def freeze(ct: Container) -> None:
     if not init.exited.is_set():
         await trio.to_thread.run_sync(cgroups.kill_all, ct.ctid)
         await init.exited.wait()
-    info = _manifest_info(ct, engine.version, ran) | await own_cgroups.record(ct)
+    info = manifest_info(ct, engine.version, ran) | await own_cgroups.record(ct)
     try:
         size = await trio.to_thread.run_sync(dumpfile.pack, images, ct.dump_path, info)
     except OSError as exc:
@@ -101,9 +102,9 @@ async def freeze(ct: Container) -> None:
     ct.frozen = True
     ct.dump_stamp = stamp(ct.dump_path)
     await lifecycle.finish_stop(ct, init, network=False)
-    await _forget_link(ct)
+    await forget_link(ct)
     await trio.to_thread.run_sync(_keep_images, ct, images)
-    await trio.to_thread.run_sync(_drop_scratch, ct)
+    await trio.to_thread.run_sync(drop_scratch, ct)
     written = time.monotonic()
     ct.events.record(
         f"frozen: freeze {(frozen_at - began) * 1000:.0f} ms, dump "
@@ -112,7 +113,7 @@ async def freeze(ct: Container) -> None:
     )
 
 
-async def _freeze_between_reads(ct: Container) -> None:
+async def freeze_between_reads(ct: Container) -> None:
     """Freeze the container, at a moment none of its processes holds a file of ctfs
     open if one comes soon.
 
@@ -131,10 +132,23 @@ async def _freeze_between_reads(ct: Container) -> None:
     await trio.to_thread.run_sync(cgroups.freeze, ct.ctid, FREEZE_TIMEOUT_S)
 
 
-async def _dump(
-    ct: Container, engine: Checkpointer, init: InitProcess, images: Path, work: Path
+async def dump(
+    ct: Container,
+    engine: Checkpointer,
+    init: InitProcess,
+    images: Path,
+    work: Path,
+    lazy: LazyPages | None = None,
+    on_images: Callable[[], None] | None = None,
+    may_resume: Callable[[], bool] = lambda: True,
 ) -> None:
-    """Run CRIU on the frozen container; if it fails, the container runs on as it was."""
+    """Run CRIU on the frozen container; if it fails, the container runs on as it was
+    (unless ``may_resume()`` says no by then: it stays frozen).
+
+    ``lazy``: serve the memory pages to a target instead of writing them
+    (``ctfs.model.postcopy``); ``on_images`` is called (from a thread) once the
+    other images are written.
+    """
     # CRIU 4.2.1 cannot re-create a veth for a restore in a user namespace on this
     # kernel (its user-namespace daemon's link request is refused, EOPNOTSUPP).  So
     # a private container's veth goes before the dump and ctfs makes it anew while
@@ -143,7 +157,7 @@ async def _dump(
     private = idmap.base_of(ct.settings) is not None
     unlinked = private and bool(ct.addresses)
     if unlinked:
-        await _forget_link(ct)
+        await forget_link(ct)
     options = CriuDump(
         pid=init.pid,
         images=images,
@@ -153,16 +167,19 @@ async def _dump(
         timeout=CRIU_TIMEOUT_S,
         id_base=idmap.base_of(ct.settings),
         views=tuple(inside for inside, _ in views.restore_views(ct)),
+        lazy=lazy,
     )
     try:
-        await trio.to_thread.run_sync(engine.dump, options, lambda: None)
+        await trio.to_thread.run_sync(engine.dump, options, lambda: None, on_images)
     except CriuError as exc:
         kept = await trio.to_thread.run_sync(criu_logs.keep, ct, exc, "dump")
+        if not may_resume():
+            raise kernel_failed(f"checkpoint failed: {exc}{kept}") from exc
         await _recover_from_failed_dump(ct, init, relink=unlinked)
         raise kernel_failed(f"checkpoint failed, the container runs on: {exc}{kept}") from exc
 
 
-def _manifest_info(ct: Container, criu_version: str, ran: float) -> dict[str, object]:
+def manifest_info(ct: Container, criu_version: str, ran: float) -> dict[str, object]:
     return {
         # Seconds it had run: the restored container's uptime goes on from there.
         views.UPTIME_KEY: round(ran, 2),
@@ -192,7 +209,7 @@ async def _recover_from_failed_dump(ct: Container, init: InitProcess, relink: bo
             await trio.to_thread.run_sync(ct.backends.checkpointer.remove_network_lock, init.pid)
         except Exception as exc:  # the container runs; say what may be left
             ct.events.record(f"cannot check for CRIU's network lock: {exc}", logging.ERROR)
-    await trio.to_thread.run_sync(_drop_scratch, ct)
+    await trio.to_thread.run_sync(drop_scratch, ct)
     if init.exited.is_set():
         # It did not survive the attempt: clean up as for any stop.
         await lifecycle.finish_stop(ct, init)
@@ -211,7 +228,7 @@ async def _recover_from_unwritten_dump(
     container back from them.  Always raises, saying how it ended."""
     # CRIU recreates the veth, so the old host end must be gone first.
     await lifecycle.finish_stop(ct, init, network=False)
-    await _forget_link(ct)
+    await forget_link(ct)
     try:
         await _restore_from(ct, images, work, dumpfile.Manifest(info, {}))
     except CtfsError as again:
@@ -223,11 +240,11 @@ async def _recover_from_unwritten_dump(
             f"cannot write the dump file ({error}) nor restore from the images "
             f"({again.sentence}); they are kept in {saved}"
         ) from error
-    await trio.to_thread.run_sync(_drop_scratch, ct)
+    await trio.to_thread.run_sync(drop_scratch, ct)
     raise kernel_failed(f"cannot write the dump file ({error}); the container runs on") from error
 
 
-async def _forget_link(ct: Container) -> None:
+async def forget_link(ct: Container) -> None:
     try:
         await trio.to_thread.run_sync(ct.backends.network.remove_link, ct.ctid)
     except OSError as exc:
@@ -237,12 +254,16 @@ async def _forget_link(ct: Container) -> None:
 # ----------------------------------------------------------------- restore
 
 
-async def restore(ct: Container) -> None:
-    """Bring a frozen container back from its dump file; or change nothing."""
-    await _checkpointer(ct)
+async def restore(ct: Container, lazy: LazyPages | None = None) -> None:
+    """Bring a frozen container back from its dump file; or change nothing.
+
+    ``lazy``: its memory pages come from a source's page server (a post-copy move);
+    the scratch directories then stay for ``await_pages``.
+    """
+    await checkpointer(ct)
     if ct.backends.cgroups.pids(ct.ctid):
         raise kernel_failed("the container's cgroup still holds processes; not restoring")
-    images, work = await trio.to_thread.run_sync(_scratch, ct)
+    images, work = await trio.to_thread.run_sync(scratch, ct)
     verified = ct.dump_stamp is not None and ct.dump_stamp == stamp(ct.dump_path)
     kept = ct.dir / KEPT_IMAGES
     try:
@@ -260,9 +281,12 @@ async def restore(ct: Container) -> None:
             raise kernel_failed(f"the dump file is refused: {exc}") from exc
         except OSError as exc:
             raise kernel_failed(f"cannot read the dump file: {exc}") from exc
-        await _restore_from(ct, images, work, manifest)
-    finally:
-        await trio.to_thread.run_sync(_drop_scratch, ct)
+        await _restore_from(ct, images, work, manifest, lazy)
+    except BaseException:
+        await trio.to_thread.run_sync(drop_scratch, ct)
+        raise
+    if lazy is None:
+        await trio.to_thread.run_sync(drop_scratch, ct)
     await trio.to_thread.run_sync(drop_kept, ct)
     try:
         await trio.to_thread.run_sync(ct.dump_path.unlink)
@@ -272,7 +296,11 @@ async def restore(ct: Container) -> None:
 
 
 async def _restore_from(
-    ct: Container, images: Path, work: Path, manifest: dumpfile.Manifest
+    ct: Container,
+    images: Path,
+    work: Path,
+    manifest: dumpfile.Manifest,
+    lazy: LazyPages | None = None,
 ) -> None:
     """Run CRIU on ``images``; on failure nothing of the attempt is left running."""
     began = time.monotonic()
@@ -298,6 +326,7 @@ async def _restore_from(
         id_base=idmap.base_of(ct.settings),
         views=views.restore_views(ct),
         subtree_controls=subtree_controls,
+        lazy=lazy,
     )
     try:
         pid = await trio.to_thread.run_sync(
@@ -312,7 +341,7 @@ async def _restore_from(
             await trio.to_thread.run_sync(containment.kill_tree, ct, pid)
         await trio.to_thread.run_sync(cgroups.kill_all, ct.ctid)
         await lifecycle.clean_up_cgroups(ct)
-        await _forget_link(ct)
+        await forget_link(ct)
         raise kernel_failed(f"restore failed, the container stays frozen: {exc}{kept}") from exc
     _carry_uptime(ct, manifest)
     ct.backends.processes.resume(tree)
@@ -353,14 +382,14 @@ def drop_used_dump(ct: Container) -> None:
         with contextlib.suppress(FileNotFoundError):
             ct.dump_path.unlink()
         ct.frozen = False
-    _drop_scratch(ct)
+    drop_scratch(ct)
     drop_kept(ct)
 
 
 # ---------------------------------------------------------------- scratch
 
 
-def _scratch(ct: Container) -> tuple[Path, Path]:
+def scratch(ct: Container) -> tuple[Path, Path]:
     """Empty directories for CRIU's images and its work files (logs, pidfile)."""
     images, work = (ct.dir / name for name in SCRATCH)
     for path in (images, work):
@@ -369,7 +398,25 @@ def _scratch(ct: Container) -> tuple[Path, Path]:
     return images, work
 
 
-def _drop_scratch(ct: Container) -> None:
+async def await_pages(ct: Container) -> None:
+    """After a lazy restore: once every memory page arrived, the scratch goes.  If
+    the transfer failed, the restored processes cannot go on: they are ended."""
+    work = ct.dir / SCRATCH[1]
+    try:
+        await trio.to_thread.run_sync(ct.backends.checkpointer.await_pages, work, CRIU_TIMEOUT_S)
+    except CriuError as exc:
+        kept = await trio.to_thread.run_sync(criu_logs.keep, ct, exc, "lazy-pages")
+        ct.events.record(
+            f"its memory did not all arrive ({exc}{kept}); the container is ended here, "
+            "its source keeps what it had",
+            logging.ERROR,
+        )
+        await trio.to_thread.run_sync(ct.backends.cgroups.kill_all, ct.ctid)
+    finally:
+        await trio.to_thread.run_sync(drop_scratch, ct)
+
+
+def drop_scratch(ct: Container) -> None:
     for name in SCRATCH:
         shutil.rmtree(ct.dir / name, ignore_errors=True)
 

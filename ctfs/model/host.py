@@ -61,6 +61,8 @@ class Host:
         )
         self.ctx.mountpoint = mountpoint
         self.peers: PeerBook | None = None
+        # A running container's memory follows it after the restore (see migration).
+        self.post_copy = True
         # Containers arriving from a peer (see ctfs.model.immigration): their settings.
         self.arriving: dict[int, dict[str, str]] = {}
 
@@ -74,7 +76,7 @@ class Host:
         """Move containers to and from the peers ``service`` talks to."""
 
         async def arrive(stream: trio.abc.Stream, peer: Peer, offer: dict[str, Any]) -> None:
-            await immigration.receive(self, stream, peer, offer)
+            await immigration.receive(self, service, stream, peer, offer)
 
         async def leave(ct: Container, word: str) -> None:
             peer = self.peer_book().resolve(word)
@@ -83,7 +85,7 @@ class Host:
                     f"unknown state {word!r}; write running, stopped, frozen or the name "
                     "of a peer in /ctfs/peers to move the container there"
                 )
-            await migration.migrate(ct, peer, service, self.remove)
+            await migration.migrate(ct, peer, service, self.remove, self.post_copy)
 
         service.handlers["migrate"] = arrive
         self.ctx.migrate = leave

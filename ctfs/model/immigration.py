@@ -26,11 +26,20 @@ import trio
 
 from ctfs import conffile
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed
-from ctfs.kernel.api import Backends, IPAddress, PeerLinkError, StorageError
+from ctfs.kernel.api import (
+    Backends,
+    CriuTls,
+    IPAddress,
+    LazyPages,
+    PeerLinkError,
+    StorageError,
+)
 from ctfs.model import apply, checkpoint, relay
 from ctfs.model.container import Container, State
 from ctfs.model.context import Context
 from ctfs.model.events import MAX_BYTES
+from ctfs.model.migration import POST_COPY, STOP_AND_COPY
+from ctfs.model.peer_service import PeerService
 from ctfs.policy import idmap, netaddr
 from ctfs.policy.peers import Peer
 from ctfs.policy.values import parse_ctid
@@ -102,11 +111,19 @@ def check_offer(host: Host, offer: dict[str, Any]) -> tuple[int, dict[str, str],
     return ctid, settings, state
 
 
-async def receive(host: Host, stream: trio.abc.Stream, peer: Peer, offer: dict[str, Any]) -> None:
+async def receive(
+    host: Host,
+    service: PeerService,
+    stream: trio.abc.Stream,
+    peer: Peer,
+    offer: dict[str, Any],
+) -> None:
     """Answer a ``migrate`` offer from ``peer`` and, if accepted, take the container."""
     links = host.backends.peer_links
     try:
         ctid, settings, state = check_offer(host, offer)
+        if offer.get("memory", STOP_AND_COPY) not in (POST_COPY, STOP_AND_COPY):
+            raise invalid(f"its memory cannot come {offer.get('memory')!r}")
     except CtfsError as exc:
         log.warning("migration: refused a container from %s: %s", peer.name, exc.sentence)
         await links.send(stream, {"error": exc.sentence, "errno": exc.errno_value})
@@ -115,6 +132,10 @@ async def receive(host: Host, stream: trio.abc.Stream, peer: Peer, offer: dict[s
     ct = Container(host.ctx, ctid)
     ct.settings = dict(settings)
     arrival = Arrival(host, ct, peer, stream)
+    if offer.get("memory") == POST_COPY:
+        arrival.lazy_tls = CriuTls(
+            cert=service.book.me.cert, key=service.book.me.key, peer_cert=service.cert_of(peer)
+        )
     try:
         await arrival.run(state)
     finally:
@@ -128,6 +149,9 @@ class Arrival:
         self.host, self.ct, self.peer, self.stream = host, ct, peer, stream
         self.links = host.backends.peer_links
         self.staging = ct.dir / STAGING
+        # Post-copy: how to reach the source's page server (from "finish").
+        self.lazy_tls: CriuTls | None = None
+        self.lazy: LazyPages | None = None
 
     async def run(self, state: str) -> None:
         try:
@@ -181,6 +205,11 @@ class Arrival:
                 await relay.receive_file(self.links, self.stream, self.ct.dump_path)
             elif op == "finish" and parent is not None:
                 events = step.get("events")
+                port = step.get("page_server")
+                if self.lazy_tls is not None:
+                    if not isinstance(port, int) or not 0 < port < 65536:
+                        raise invalid(f"{port!r} is not the port of a page server")
+                    self.lazy = LazyPages(self.peer.host, port, self.lazy_tls)
                 await trio.to_thread.run_sync(self._settle, parent, events)
                 await self.reply({"ok": True})
                 return
@@ -214,15 +243,21 @@ class Arrival:
         began = time.monotonic()
         try:
             async with ct.changing(State.RESTORING, requested=False):
-                await checkpoint.restore(ct)
+                await checkpoint.restore(ct, self.lazy)
         except CtfsError as exc:
             ct.events.record(f"migration: restore failed, removing this copy: {exc.sentence}")
             await host.remove(ct)
             await self.reply({"error": exc.sentence, "errno": exc.errno_value, "removed": True})
             return
-        await self._announce(ct)
         ms = round((time.monotonic() - began) * 1000)
         await self.reply({"ok": True, "restore_ms": ms})
+        await self._announce(ct)
+        if self.lazy is not None:
+
+            async def pages() -> None:
+                await checkpoint.await_pages(ct)
+
+            ct.ctx.start_soon(pages)
 
     async def _announce(self, ct: Container) -> None:
         try:

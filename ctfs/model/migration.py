@@ -37,8 +37,8 @@ from typing import Any
 import trio
 
 from ctfs.errors import CtfsError, kernel_failed
-from ctfs.kernel.api import PeerLinkError, StorageError
-from ctfs.model import checkpoint, lifecycle, relay
+from ctfs.kernel.api import CriuTls, LazyPages, PeerLinkError, StorageError
+from ctfs.model import checkpoint, lifecycle, postcopy, relay
 from ctfs.model.container import Container, State
 from ctfs.model.peer_service import PeerService
 from ctfs.policy.peers import Peer
@@ -46,6 +46,9 @@ from ctfs.policy.peers import Peer
 log = logging.getLogger(__name__)
 
 SNAPSHOTS = (".migration-1", ".migration-2")
+# The target's certificate, for CRIU's page server (post-copy).
+PEER_CERT = ".migration-peer.pem"
+POST_COPY, STOP_AND_COPY = "post-copy", "stop-and-copy"
 # The target's restore runs within CRIU's own limit; its answer comes within this.
 ANSWER_TIMEOUT_S = checkpoint.CRIU_TIMEOUT_S + 60
 _LINK_ERRORS = (PeerLinkError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -131,10 +134,12 @@ async def migrate(
     peer: Peer,
     service: PeerService,
     forget: Callable[[Container], Awaitable[None]],
+    post_copy: bool = True,
 ) -> None:
     """Move ``ct`` to ``peer``; returns once it is there and gone from here.
 
-    ``forget`` removes a moved container from this host for good.
+    ``forget`` removes a moved container from this host for good; ``post_copy``:
+    a running one's memory follows after the restore (else it goes with the dump).
     """
     state = ct.state
     if state not in (State.RUNNING, State.STOPPED, State.FROZEN):
@@ -143,24 +148,35 @@ async def migrate(
         ct.events.record(f"migration: to {peer.name} at {peer.host}:{peer.port}, {state.value}")
         try:
             # A failure's sentence reaches events through the state file's writer.
-            moved = await _move(ct, peer, service, state)
+            moved = await _move(ct, peer, service, state, post_copy)
         finally:
             await trio.to_thread.run_sync(drop_snapshots, ct)
         if moved:
             await forget(ct)
 
 
-async def _move(ct: Container, peer: Peer, service: PeerService, state: State) -> bool:
+async def _move(
+    ct: Container, peer: Peer, service: PeerService, state: State, post_copy: bool
+) -> bool:
     stream = await service.connect(peer)
     async with stream:
         move = Move(ct, peer, stream)
+        lazy = post_copy and state is State.RUNNING
         await move.ask(
-            {"op": "migrate", "ctid": ct.ctid, "state": state.value, "settings": ct.settings}
+            {
+                "op": "migrate",
+                "ctid": ct.ctid,
+                "state": state.value,
+                "settings": ct.settings,
+                "memory": POST_COPY if lazy else STOP_AND_COPY,
+            }
         )
         first, second = (ct.dir / name for name in SNAPSHOTS)
         await trio.to_thread.run_sync(drop_snapshots, ct)
         await move.ask({"op": "area"})
         await move.send_area(first, None)
+        if lazy:
+            return await _move_post_copy(move, service, first, second)
         if state is State.RUNNING:
             move.frozen_at = time.monotonic()
             await checkpoint.freeze(ct)  # a failure: it runs on here
@@ -176,10 +192,56 @@ async def _move(ct: Container, peer: Peer, service: PeerService, state: State) -
             if state is State.FROZEN:
                 await move.send_dump()
             await move.ask({"op": "finish", "events": _events_text(ct)})
-        return await _commit(move, state)
+
+        async def resume() -> None:
+            if state is State.RUNNING:
+                await _resume_here(ct, f"after {peer.name}'s restore failed")
+
+        return await _commit(move, state, resume)
 
 
-async def _commit(move: Move, state: State) -> bool:
+async def _move_post_copy(move: Move, service: PeerService, first: Path, second: Path) -> bool:
+    """Frozen, the rest of the private area and the images without memory cross;
+    the target restores, and its processes fetch their pages from here."""
+    ct, peer = move.ct, move.peer
+    own = service.book
+    peer_cert = ct.dir / PEER_CERT
+    pem = move.links.peer_pem(move.stream)
+    await trio.to_thread.run_sync(peer_cert.write_text, pem)
+    port = await trio.to_thread.run_sync(ct.backends.checkpointer.page_server_port, own.own.host)
+    tls = CriuTls(cert=own.me.cert, key=own.me.key, peer_cert=peer_cert)
+    serving = postcopy.ServingDump(ct, LazyPages(own.own.host, port, tls))
+    async with trio.open_nursery() as nursery:
+        move.frozen_at = time.monotonic()
+        await serving.start(nursery)  # a failure: it runs on here
+        try:
+            await move.ask({"op": "area"})
+            await move.send_area(second, first)
+            await move.send_dump()
+            await move.ask({"op": "finish", "events": _events_text(ct), "page_server": port})
+        except CtfsError:
+            await serving.abort()
+            ct.events.record("migration failed before the target had it; it runs here again")
+            raise
+
+        async def resume() -> None:
+            serving.committed = False  # nothing of it runs there: see _commit
+            await serving.abort()
+            ct.events.record(f"migration failed: {peer.name}'s restore failed; it runs here again")
+
+        serving.commit()
+        moved = await _commit(move, State.RUNNING, resume)
+        began = time.monotonic()
+        await serving.finish()
+        if moved:
+            ct.events.record(
+                f"migration: every memory page served in {(time.monotonic() - began) * 1000:.0f}"
+                " ms after the restore there"
+            )
+    return moved
+
+
+async def _commit(move: Move, state: State, resume: Callable[[], Awaitable[None]]) -> bool:
     """Hand the container over: True once it is the target's."""
     ct, peer = move.ct, move.peer
     if ct.addresses:
@@ -189,14 +251,12 @@ async def _commit(move: Move, state: State) -> bool:
     except CtfsError as exc:
         if isinstance(exc, Refused) and exc.reply.get("removed") is True:
             # The target's restore failed, and it removed its copy: nothing runs there.
-            if state is State.RUNNING:
-                await _resume_here(ct, f"after {peer.name}'s restore failed")
+            await resume()
             raise
         if state is State.RUNNING:
             ct.events.record(
                 f"migration: handed to {peer.name}, which did not confirm ({exc.sentence}); "
-                "it stays frozen here with its dump: check it there before restoring "
-                "it here",
+                "it stays frozen here: check it there before restoring it here",
                 logging.ERROR,
             )
         raise kernel_failed(f"{peer.name} did not confirm the move: {exc.sentence}") from exc
@@ -239,6 +299,7 @@ def _amount(size: int, began: float) -> str:
 
 def drop_snapshots(ct: Container) -> None:
     """The read-only snapshots a move took (or an interrupted one left)."""
+    (ct.dir / PEER_CERT).unlink(missing_ok=True)
     for name in SNAPSHOTS:
         path = ct.dir / name
         if path.exists():

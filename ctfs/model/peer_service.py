@@ -183,6 +183,10 @@ class PeerService:
 
     # ----------------------------------------------------------- certificates
 
+    def cert_of(self, peer: Peer) -> Path:
+        """Where the certificate ``peer`` introduced itself with is kept."""
+        return self.certs / f"{peer.name}.pem"
+
     def _trusted_pems(self) -> list[str]:
         pems = []
         for peer in self.book.peers:
