@@ -165,6 +165,68 @@ def cmd_exec(mount: str, ctid: str, command: list[str]) -> int:
     return run_inside(mount, ctid, command)
 
 
+def _new_lines(text: str, last: str) -> list[str]:
+    """The lines of ``text`` after the line ``last`` (all of them if it is not there)."""
+    lines = text.splitlines()
+    if last in lines:
+        return lines[len(lines) - lines[::-1].index(last) :]
+    return lines
+
+
+def cmd_migrate(mount: str, ctid: str, peer: str) -> int:
+    """``echo PEER > state``, showing the move's stages from ``events`` as they come."""
+    import threading
+    import time
+
+    directory = _container_dir(mount, ctid)
+    before = _read(f"{directory}/events").splitlines()
+    last = before[-1] if before else ""
+    failure: list[OSError] = []
+
+    def move() -> None:
+        # One write(2), as echo does: a buffered file would write again at close.
+        try:
+            fd = os.open(f"{directory}/state", os.O_WRONLY | os.O_TRUNC)
+        except OSError as exc:
+            failure.append(exc)
+            return
+        try:
+            os.write(fd, f"{peer}\n".encode())
+        except OSError as exc:
+            failure.append(exc)
+        finally:
+            os.close(fd)
+
+    mover = threading.Thread(target=move)
+    began = time.monotonic()
+    mover.start()
+    frozen = ""
+    while True:
+        done = not mover.is_alive()
+        try:
+            lines = _new_lines(_read(f"{directory}/events"), last)
+        except OSError:
+            lines = []  # the directory went: the move finished
+        for line in lines:
+            _, _, sentence = line.partition(" ")  # after its time stamp
+            print(f"{time.monotonic() - began:7.2f} s  {sentence}", flush=True)
+            if "frozen " in sentence and "now on" in sentence:
+                frozen = sentence.split("frozen ", 1)[1].split(" ms", 1)[0]
+            last = line
+        if done:
+            break
+        time.sleep(0.1)
+    took = time.monotonic() - began
+    if failure:
+        reason = os.strerror(failure[0].errno or errno.EIO)
+        print(f"ctfs: CT {ctid} did not move to {peer}: {reason} (see {directory}/events)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    summary = f"CT {ctid} now runs on {peer}: {took:.2f} s in all"
+    print(summary + (f", frozen {frozen} ms" if frozen else ""))
+    return 0
+
+
 def parse_and_run(argv: list[str]) -> int:
     """Every command line but the quick ``exec`` form: argparse, help, usage errors."""
     import argparse
@@ -191,6 +253,11 @@ def parse_and_run(argv: list[str]) -> int:
     p = sub.add_parser("enter", help="open a shell inside a running container")
     p.add_argument("ctid")
     p.set_defaults(func=lambda a: run_inside(a.mount, a.ctid, ["/bin/sh", "-l"]))
+
+    p = sub.add_parser("migrate", help="move a container to a peer (like vzmigrate --online)")
+    p.add_argument("ctid")
+    p.add_argument("peer", help="a peer's name in MOUNT/peers, NAME:PORT or its address")
+    p.set_defaults(func=lambda a: cmd_migrate(a.mount, a.ctid, a.peer))
 
     args = parser.parse_args(argv)
     status: int = args.func(args)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ctfsd_harness import Ctfsd, ctfs_exec, started, wait_for, write_errno
+from tests.ctfsd_harness import CTFS, Ctfsd, ctfs_exec, started, wait_for, write_errno
 from tests.migration_lab import HOSTS, PREFIX, MigrationLab
 from tests.system.test_checkpoint import COUNTER, ECHO_CLIENT, EXCHANGES_AFTER
 
@@ -209,3 +209,46 @@ def test_a_full_disk_there_leaves_it_running_here(hosts: tuple[Ctfsd, Ctfsd], mo
         (source / "events").read_text()
     )
     assert _leftovers(b, moving) == []
+
+
+def test_ctfs_migrate_shows_each_stage_and_a_summary(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int
+) -> None:
+    a, b = hosts
+    done = subprocess.run(
+        [str(CTFS), "--mount", str(a.mount), "migrate", str(moving), "hostb"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "migration: private area sent while it runs" in done.stdout
+    assert f"CT {moving} now runs on hostb:" in done.stdout.splitlines()[-1]
+    assert (b.mount / str(moving) / "state").read_text() == "running\n"
+
+
+def test_ctfs_migrate_to_a_host_that_does_not_trust_this_one_fails_and_says_why(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int
+) -> None:
+    a, b = hosts
+    trusted = (b.mount / "peers").read_text()
+    listening = b.log_text().count("peers: listening on")
+    # hostb listens, for another peer only.
+    other = f"hostc {PREFIX}.9:{PORT} sha256:{'ab' * 32}\n"
+    assert write_errno(b.mount / "peers", other.encode()) == 0
+    try:
+        assert wait_for(lambda: b.log_text().count("peers: listening on") > listening)
+        done = subprocess.run(
+            [str(CTFS), "--mount", str(a.mount), "migrate", str(moving), "hostb"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        assert write_errno(b.mount / "peers", trusted.encode()) == 0
+        assert wait_for(lambda: b.log_text().count("peers: listening on") > listening + 1)
+    assert done.returncode == 1
+    assert f"CT {moving} did not move to hostb: Permission denied" in done.stderr
+    assert "hostb refused this host" in (a.mount / str(moving) / "events").read_text()
+    assert (a.mount / str(moving) / "state").read_text() == "running\n"
+    assert not (b.state / str(moving)).exists()
