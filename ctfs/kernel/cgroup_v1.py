@@ -169,8 +169,10 @@ class CgroupsV1:
         return CriuCgroups(
             freeze_cgroup=str(self._dir("freezer", ctid)),
             yard=str(self.root),
-            # Per controller: a bare --cgroup-root would also move named hierarchies.
-            roots=tuple(f"{c}:/{self.parent}/{ctid}" for c in V1_CONTROLLERS),
+            # Per hierarchy: the named ones too (CRIU's names: "name=systemd", and
+            # "" for a hybrid host's cgroup2), or a container restored under
+            # another CTID or cgroup parent (a migration) lands in the old paths there.
+            roots=tuple(f"{_criu_name(h)}:/{self.parent}/{ctid}" for h in self.hierarchies),
         )
 
     def own_cgroups(self, ctid: int) -> list[str]:
@@ -339,6 +341,11 @@ def make_own_cgroups(
 def cpu_shares(weight: float) -> int:
     """cpu.shares for a version-neutral CPU weight (a fraction of the largest)."""
     return max(2, round(weight * SHARES_MAX))
+
+
+def _criu_name(hierarchy: str) -> str:
+    """How CRIU names a hierarchy in --cgroup-root (criu/cgroup.c, cgroup_contains)."""
+    return {"systemd": "name=systemd", "unified": ""}.get(hierarchy, hierarchy)
 
 
 def remove_cgroup_dir(path: Path, wait_s: float = 2.0) -> None:

@@ -267,6 +267,9 @@ class Criu:
             raise
         finally:
             os.close(give)
+        # Running on after the restore (see await_pages): not a stray helper to end.
+        with self._lock:
+            self._running.add(daemon.pid)
         self._lazy[work] = daemon
         try:
             if not lazy_pages.wait_ready(status, daemon):
@@ -281,14 +284,14 @@ class Criu:
             self._lazy.pop(work, None)
             daemon.kill()
             daemon.communicate()
+            with self._lock:
+                self._running.discard(daemon.pid)
             raise
 
     def await_pages(self, work: Path, timeout: float) -> None:
         daemon = self._lazy.pop(work, None)
         if daemon is None:
             return
-        with self._lock:
-            self._running.add(daemon.pid)
         try:
             self._wait(daemon, work / "lazy-pages.log", timeout, lambda: None, "lazy-pages")
         finally:

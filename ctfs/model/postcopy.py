@@ -65,7 +65,14 @@ class ServingDump:
         async def dumping() -> None:
             try:
                 await checkpoint.dump(
-                    ct, engine, init, self.images, self.work, self.lazy, on_images
+                    ct,
+                    engine,
+                    init,
+                    self.images,
+                    self.work,
+                    self.lazy,
+                    on_images,
+                    may_resume=lambda: not self.committed,
                 )
             except CtfsError as exc:
                 self.error = exc

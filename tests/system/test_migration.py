@@ -21,6 +21,16 @@ from tests.system.test_checkpoint import COUNTER, ECHO_CLIENT, EXCHANGES_AFTER
 
 PORT = 7385
 ADDRESS = f"{PREFIX}.50"
+SETTINGS = ("cpuunits", "limits", "hostname", "ip", "template")
+# A shell holding 256 MiB of touched memory, reading all of it every 0.2 s.
+HOG = (
+    "x=$(head -c 268435456 /dev/zero | tr '\\0' a); "
+    "while true; do echo ${#x} > /tmp/len; sleep 0.2; done"
+)
+
+
+def _quota_limits(ct: Path) -> list[tuple[str, str, str]]:
+    return [tuple(line.split()[::2]) for line in (ct / "quota").read_text().splitlines()]  # type: ignore[misc]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +84,7 @@ def moving(hosts: tuple[Ctfsd, Ctfsd]) -> Iterator[int]:
     try:
         assert write_errno(ct / "ip", ADDRESS.encode()) == 0
         assert write_errno(ct / "cpuunits", b"2500") == 0
+        assert write_errno(ct / "quota", b"diskspace 1G:1.1G") == 0
         assert write_errno(ct / "state", b"running") == 0
         _sh(ct, f"({COUNTER}) </dev/null >/dev/null 2>&1 &")
         assert wait_for(lambda: _counter(ct) > 2, timeout=5)
@@ -94,11 +105,15 @@ def test_a_running_container_moves_there_and_its_counter_goes_on(
     a, b = hosts
     source, target = a.mount / str(moving), b.mount / str(moving)
     before = _counter(source)
-    settings = (source / "cpuunits").read_text()
+    settings = [(source / name).read_text() for name in SETTINGS]
+    limits = _quota_limits(source)
+    idmap = (source / "idmap").read_text()
     assert _move(source, "hostb") == 0, (source / "events").read_text()
     assert not source.exists()
     assert (target / "state").read_text() == "running\n"
-    assert (target / "cpuunits").read_text() == settings
+    assert [(target / name).read_text() for name in SETTINGS] == settings
+    assert _quota_limits(target) == limits
+    assert (target / "idmap").read_text() == idmap
     assert (target / "ip").read_text().split() == [ADDRESS]
     assert wait_for(lambda: _counter(target) > before + 3, timeout=5)
     events = (target / "events").read_text()
@@ -252,3 +267,75 @@ def test_ctfs_migrate_to_a_host_that_does_not_trust_this_one_fails_and_says_why(
     assert "hostb refused this host" in (a.mount / str(moving) / "events").read_text()
     assert (a.mount / str(moving) / "state").read_text() == "running\n"
     assert not (b.state / str(moving)).exists()
+
+
+def _length(ct: Path) -> str:
+    return _sh(ct, "cat /tmp/len 2>/dev/null || true").strip()
+
+
+def _report(daemon: Ctfsd, ct: Path) -> str:
+    return f"{(ct / 'events').read_text()}\n{daemon.log_text()[-3000:]}"
+
+
+def test_256_mib_of_memory_moves_there_and_back_intact(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int
+) -> None:
+    a, b = hosts
+    source = a.mount / str(moving)
+    _sh(source, f"({HOG}) </dev/null >/dev/null 2>&1 &")
+    assert wait_for(lambda: _length(source) == "268435456", 30)
+    for here, there, name in ((a, b, "hostb"), (b, a, "hosta")):
+        ct = here.mount / str(moving)
+        before = _counter(ct)
+        assert _move(ct, name) == 0, (ct / "events").read_text()
+        moved = there.mount / str(moving)
+        _sh(moved, "rm -f /tmp/len")
+        assert wait_for(lambda m=moved: _length(m) == "268435456", 120), _report(here, moved)
+        assert wait_for(lambda m=moved, n=before: _counter(m) > n + 3, timeout=5)
+
+
+def test_a_stopped_container_moves_with_its_private_area(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int
+) -> None:
+    a, b = hosts
+    source = a.mount / str(moving)
+    assert write_errno(source / "state", b"stopped") == 0
+    counted = (a.state / str(moving) / "root" / "tmp" / "counter").read_text()
+    assert _move(source, "hostb") == 0, (source / "events").read_text()
+    target = b.mount / str(moving)
+    assert (target / "state").read_text() == "stopped\n"
+    assert write_errno(target / "state", b"running") == 0
+    assert _sh(target, "cat /tmp/counter") == counted  # the private area came whole
+
+
+def test_a_frozen_container_moves_frozen_and_runs_there(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int
+) -> None:
+    a, b = hosts
+    source = a.mount / str(moving)
+    before = _counter(source)
+    assert write_errno(source / "state", b"frozen") == 0
+    assert _move(source, "hostb") == 0, (source / "events").read_text()
+    target = b.mount / str(moving)
+    assert (target / "state").read_text() == "frozen\n"
+    assert write_errno(target / "state", b"running") == 0, (target / "events").read_text()
+    assert wait_for(lambda: _counter(target) > before, timeout=5)
+
+
+def test_stop_and_copy_moves_it_too(hosts: tuple[Ctfsd, Ctfsd], moving: int) -> None:
+    a, b = hosts
+    source = a.mount / str(moving)
+    before = _counter(source)
+    a.terminate()
+    a.extra = (*a.extra, "--migrate-memory", "stop-and-copy")
+    try:
+        a.start()
+        assert _move(source, "hostb") == 0, (source / "events").read_text()
+    finally:
+        a.terminate()
+        a.extra = a.extra[:-2]
+        a.start()
+    target = b.mount / str(moving)
+    assert wait_for(lambda: _counter(target) > before + 3, timeout=5)
+    # The memory went with the dump file, which ctfs wrote as for a checkpoint.
+    assert "written and synced" in (target / "events").read_text().rsplit("migration: to", 1)[1]
