@@ -5,7 +5,9 @@ Workloads (``--workloads``, default ``idle,256,1024``): a busybox container with
 the host's ids (``idmap`` host) running init, syslogd and a TCP echo server
 (``nc -l -p 7000 -e cat``, again after each connection); idle, or with a busybox
 awk holding 256 MiB or 1 GiB of touched memory (one string) that it reads again
-every 0.5 s (``length()``, then ``system("sleep 0.5")``).
+every 0.5 s (``length()``, then ``system("sleep 0.5")``; no file written meanwhile: a
+task waiting for btrfs in D state cannot be frozen, and CRIU gives up).  Before
+every move everything is synced (``sync``), so no move writes back another's data.
 
 ctfs: two pairs of ctfsd, hosta and hostb trusting each other (each other's
 ``identity`` line in ``peers``), one pair with ``--migrate-memory post-copy``, one
@@ -56,10 +58,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from bench.common import (
     BenchError,
+    interrupt_on_termination,
     must,
     print_log_tail,
     run_bench,
@@ -132,8 +136,8 @@ def boot(daemon: Ctfsd, ctid: int, address: str, mib: int) -> None:
     script = f"(while true; do nc -l -p {ECHO_PORT} -e cat; done) </dev/null >/dev/null 2>&1 &"
     if mib:
         script += (
-            f' (awk \'BEGIN {{ s = sprintf("%{mib << 20}s", ""); while (1) {{ '
-            'print length(s) > "/tmp/len"; close("/tmp/len"); system("sleep 0.5") } }\''
+            f' (awk \'BEGIN {{ s = sprintf("%{mib << 20}s", ""); print length(s) > "/tmp/len"; '
+            'close("/tmp/len"); while (1) { n = length(s); system("sleep 0.5") } }\''
             ") </dev/null >/dev/null 2>&1 &"
         )
     must([str(CTFS), "--mount", str(daemon.mount), "exec", str(ctid), "--", "sh", "-c", script])
@@ -163,11 +167,13 @@ def round_trips(moves: list[Callable[[], tuple[float, float]]], lab: MoveLab, ad
                 runs: int, cell: Cell) -> None:  # fmt: skip
     """One untimed round trip, then ``runs`` with a client, every move a sample."""
     for move in moves:
+        os.sync()
         move()
     for _ in range(runs):
         client = Client(lab, address)
         try:
             for move in moves:
+                os.sync()  # nothing of the last move's left to write back
                 client.gap()  # from here on
                 frozen, total = move()
                 time.sleep(0.3)
@@ -204,7 +210,7 @@ def start_pair(lab: MoveLab, mode: str, started: list[Ctfsd]) -> tuple[Ctfsd, Ct
         if write_errno(here.mount / "peers", (there.mount / "identity").read_bytes()) != 0:
             raise BenchError("cannot make the two ctfsd trust each other")
     for daemon in pair:
-        if not wait_for(lambda d=daemon: "peers: listening on" in d.log_text(), timeout=20):  # type: ignore[misc]
+        if not wait_for(lambda d=daemon: "peers: listening on" in d.log_text(), timeout=20):
             raise BenchError("a ctfsd does not listen for its peer")
     return a, b
 
@@ -241,7 +247,7 @@ def bench_raw(lab: MoveLab, mib: int, runs: int, cells: dict[str, Cell]) -> None
         hosts = (RawHost("ra", str(RAW_CTID)), RawHost("rb", str(RAW_CTID + 10000)))
         mover = RawMover(peer, lab, hosts, address)
         for lazy, row in ((True, "raw post-copy"), (False, "raw stop-and-copy")):
-            moves = [lambda lazy=lazy: mover.move(lazy)] * 2  # type: ignore[misc]
+            moves: list[Callable[[], tuple[float, float]]] = [partial(mover.move, lazy)] * 2
             round_trips(moves, lab, address, runs, cells[row])
             cells[row].detail = mover.phases
     except BenchError:
@@ -339,6 +345,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    interrupt_on_termination()  # SIGTERM and SIGHUP clean up as Ctrl-C does
     if os.geteuid() != 0:
         raise BenchError("run it as root (sudo .venv/bin/python -m bench.migrate)")
     if not DEFAULT_BINARY.exists() or not (SYSTEM_TEMPLATE_CACHE / "busybox.tar.gz").exists():

@@ -129,8 +129,12 @@ class Client:
         argv = [sys.executable, "-c", CLIENT, address, str(ECHO_PORT), str(CLIENT_TIMEOUT_S)]
         self.proc = subprocess.Popen([*lab.enter("client"), *argv], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)  # fmt: skip
-        if self.line(30) != "connected":
-            raise BenchError(f"the client could not connect to {address}:{ECHO_PORT}")
+        try:
+            if self.line(30) != "connected":
+                raise BenchError(f"the client could not connect to {address}:{ECHO_PORT}")
+        except BaseException:
+            self.close()
+            raise
 
     def line(self, timeout: float) -> str:
         assert self.proc.stdout is not None
@@ -268,16 +272,17 @@ class RawMover:
         self.ready(ours, proc, log)
         return proc
 
-    def copy(self, src: RawHost, dst: RawHost, images: Path, into: Path,
-             link: tuple[socket.socket, socket.socket]) -> None:  # fmt: skip
-        """``tar c | tar x`` over ``link`` (sender on ``src``, receiver on ``dst``)."""
+    @staticmethod
+    def copy(images: Path, into: Path, link: tuple[socket.socket, socket.socket]) -> None:
+        """``tar c | tar x`` over ``link`` (see ``connect``)."""
         sender, receiver = link
-        procs = []
-        ends = ((["tar", "x", "-C", str(into)], receiver, "stdin"),
-                (["tar", "c", "-C", str(images), "."], sender, "stdout"))  # fmt: skip
-        for argv, sock, stream in ends:
+        for sock in link:
             sock.setblocking(True)
-            procs.append(subprocess.Popen(argv, stderr=subprocess.PIPE, **{stream: sock}))
+        procs = [subprocess.Popen(["tar", "x", "-C", str(into)], stdin=receiver.fileno(),
+                                  stderr=subprocess.PIPE),
+                 subprocess.Popen(["tar", "c", "-C", str(images), "."], stdout=sender.fileno(),
+                                  stderr=subprocess.PIPE)]  # fmt: skip
+        for sock in link:
             sock.close()
         for proc in procs:
             try:
@@ -287,9 +292,10 @@ class RawMover:
                     each.kill()
                 raise BenchError("copying the images took too long") from None
             if proc.returncode != 0:
-                raise BenchError(f"{proc.args}: {stderr.decode(errors='replace').strip()}")
+                raise BenchError(f"tar: {stderr.decode(errors='replace').strip()}")
 
-    def connect(self, src: RawHost, dst: RawHost, port: int) -> tuple[socket.socket, ...]:
+    def connect(self, src: RawHost, dst: RawHost, port: int) -> tuple[socket.socket, socket.socket]:
+        """A TCP connection from ``src`` to ``dst``: (its sending end, its receiving end)."""
         with socket_in(self.lab.ns[dst.name]) as listener:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((self.lab.ip[dst.name], port))
@@ -311,7 +317,6 @@ class RawMover:
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True)
         self.thaw(dst)
-        link = self.connect(src, dst, port + 2000)
         veth = ["--external", f"veth[eth0]:ctfs{self.peer.ctid}"]
         dump = ["dump", "-t", str(self.peer.pid), "-D", str(out / "images"), "--work-dir",
                 str(out), "-o", "dump.log", "--freeze-cgroup", str(self.cgroup("freezer", src)),
@@ -332,14 +337,19 @@ class RawMover:
         server = ["--address", self.lab.ip[src.name], "--port", str(port), *self.tls]
         env = {"VETH": f"ctfs{self.peer.ctid}", "ADDRESSES": self.address}
         (there / "init.pid").unlink(missing_ok=True)
-        began = time.perf_counter()
-        if lazy:
-            dumper = self.background(src, [*dump, "--lazy-pages", *server], out / "dump.log")
-        else:
-            self.finish(self.start(src, dump), out / "dump.log")
-        dumped = time.perf_counter()
-        self.copy(src, dst, out / "images", there / "images", link)
-        copied = time.perf_counter()
+        link = self.connect(src, dst, port + 2000)
+        try:
+            began = time.perf_counter()
+            if lazy:
+                dumper = self.background(src, [*dump, "--lazy-pages", *server], out / "dump.log")
+            else:
+                self.finish(self.start(src, dump), out / "dump.log")
+            dumped = time.perf_counter()
+            self.copy(out / "images", there / "images", link)
+            copied = time.perf_counter()
+        finally:
+            for sock in link:
+                sock.close()
         if lazy:
             pager = ["lazy-pages", "--page-server", *server, "-D", str(there / "images"),
                      "--work-dir", str(there), "-o", "lazy-pages.log"]  # fmt: skip

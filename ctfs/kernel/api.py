@@ -255,6 +255,11 @@ class NetworkError(OSError):
     """A network change the kernel or nft refused; the text says which and why."""
 
 
+class SegmentCapture(Protocol):
+    def stop(self) -> list[bytes]:
+        """End the capture; the IP packets kept."""
+
+
 class Network(Protocol):
     """The host side of the containers' routed networks (veths, routes, proxies)."""
 
@@ -278,6 +283,16 @@ class Network(Protocol):
 
     def announce(self, addresses: Sequence[IPAddress]) -> None:
         """Tell the uplinks' neighbours that ``addresses`` are reached here now."""
+
+    def capture_segments(self, addresses: Sequence[IPAddress]) -> SegmentCapture:
+        """Start keeping the TCP segments with data arriving on the uplinks for
+        ``addresses`` (see ``ctfs.kernel.tcp_replay``)."""
+
+    def destination_of(self, packet: bytes) -> IPAddress | None:
+        """Where an IP packet that is a TCP segment with data goes; None for others."""
+
+    def replay_segments(self, packets: Sequence[bytes]) -> int:
+        """Send captured segments again, to the containers here; how many went."""
 
     def traffic(self, ctid: int) -> Traffic | None:
         """Bytes the container received and sent on its eth0; None without one."""

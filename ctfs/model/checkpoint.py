@@ -344,13 +344,16 @@ async def _restore_from(
         await forget_link(ct)
         raise kernel_failed(f"restore failed, the container stays frozen: {exc}{kept}") from exc
     _carry_uptime(ct, manifest)
-    ct.backends.processes.resume(tree)
-    lifecycle.adopt(ct, pid)
     if addresses:
+        # Before it runs: its first packets (a restored connection's retransmission)
+        # would meet no source-filter entry and no route on a host new to it (a
+        # migration's target), and wait out its retransmission timeout (~1 s).
         try:
             await trio.to_thread.run_sync(lifecycle.configure_network, ct, pid)
         except OSError as exc:
             ct.events.record(f"restored, but its network is incomplete: {exc}", logging.ERROR)
+    ct.backends.processes.resume(tree)
+    lifecycle.adopt(ct, pid)
     ms = (time.monotonic() - began) * 1000
     ct.events.record(f"restored: init is PID {pid} on the host ({ms:.0f} ms)")
 

@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 import time
@@ -69,6 +70,9 @@ STAGING = ".arriving"
 STEP_TIMEOUT_S = checkpoint.CRIU_TIMEOUT_S + 60
 # After "finish" the source only has to remove its routes and say "go".
 GO_TIMEOUT_S = 60.0
+# After the restore, the source gives its clients' segments at once (or nothing).
+REPLAY_TIMEOUT_S = 5.0
+MAX_SEGMENTS = 4096
 STATES = (State.RUNNING.value, State.STOPPED.value, State.FROZEN.value)
 _LINK_ERRORS = (PeerLinkError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -250,20 +254,47 @@ class Arrival:
             await self.reply({"error": exc.sentence, "errno": exc.errno_value, "removed": True})
             return
         ms = round((time.monotonic() - began) * 1000)
-        await self.reply({"ok": True, "restore_ms": ms})
         await self._announce(ct)
+        await self.reply({"ok": True, "restore_ms": ms})
         if self.lazy is not None:
 
             async def pages() -> None:
                 await checkpoint.await_pages(ct)
 
             ct.ctx.start_soon(pages)
+        await self._replay(ct)
 
     async def _announce(self, ct: Container) -> None:
         try:
             await trio.to_thread.run_sync(ct.backends.network.announce, ct.addresses)
         except OSError as exc:
             ct.events.record(f"cannot announce its addresses: {exc}", logging.WARNING)
+
+    async def _replay(self, ct: Container) -> None:
+        """Deliver the segments its clients sent while it was frozen (see
+        ``ctfs.kernel.tcp_replay``): only TCP segments to its own addresses."""
+        try:
+            step = await self.next(REPLAY_TIMEOUT_S)
+        except (CtfsError, trio.TooSlowError):
+            return  # the source had none to give, or went
+        raw = step.get("segments") if step.get("op") == "replay" else None
+        if not isinstance(raw, list):
+            return
+        packets = []
+        for item in raw[:MAX_SEGMENTS]:
+            try:
+                packet = base64.b64decode(item, validate=True) if isinstance(item, str) else b""
+            except ValueError:
+                continue
+            if ct.backends.network.destination_of(packet) in ct.addresses:
+                packets.append(packet)
+        try:
+            sent = await trio.to_thread.run_sync(ct.backends.network.replay_segments, packets)
+        except OSError as exc:
+            ct.events.record(f"cannot deliver its clients' segments again: {exc}", logging.WARNING)
+            return
+        if sent:
+            ct.events.record(f"migration: {sent} segments of its clients delivered again")
 
     async def _drop(self) -> None:
         with trio.CancelScope(shield=True):

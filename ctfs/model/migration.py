@@ -26,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
 import errno
 import logging
 import shutil
@@ -37,7 +38,7 @@ from typing import Any
 import trio
 
 from ctfs.errors import CtfsError, kernel_failed
-from ctfs.kernel.api import CriuTls, LazyPages, PeerLinkError, StorageError
+from ctfs.kernel.api import CriuTls, LazyPages, PeerLinkError, SegmentCapture, StorageError
 from ctfs.model import checkpoint, lifecycle, postcopy, relay
 from ctfs.model.container import Container, State
 from ctfs.model.peer_service import PeerService
@@ -72,6 +73,42 @@ class Move:
         self.links = ct.backends.peer_links
         self.began = time.monotonic()
         self.frozen_at: float | None = None
+        # Its clients' segments that arrive while it is frozen (see replay_segments).
+        self.capture: SegmentCapture | None = None
+
+    async def capture_segments(self) -> None:
+        ct = self.ct
+        if not ct.addresses:
+            return
+        try:
+            self.capture = await trio.to_thread.run_sync(
+                ct.backends.network.capture_segments, ct.addresses
+            )
+        except OSError as exc:
+            ct.events.record(f"cannot watch for its clients' segments: {exc}", logging.WARNING)
+
+    async def replay_segments(self) -> None:
+        """Give the target its clients' segments that came here while it was frozen:
+        delivered again, they make the clients go on at once, not after a back-off."""
+        packets: list[bytes] = []
+        if self.capture is not None:
+            packets = await trio.to_thread.run_sync(self.capture.stop)
+            self.capture = None
+        encoded = [base64.b64encode(p).decode() for p in packets]
+        try:
+            await self.links.send(self.stream, {"op": "replay", "segments": encoded})
+        except _LINK_ERRORS as exc:
+            log.warning(
+                "CT %d: cannot give %s its clients' segments: %s",
+                self.ct.ctid,
+                self.peer.name,
+                exc,
+            )
+
+    async def stop_capture(self) -> None:
+        if self.capture is not None:
+            await trio.to_thread.run_sync(self.capture.stop)
+            self.capture = None
 
     async def ask(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send a step; the target's answer.  CtfsError if it refused or is gone."""
@@ -175,29 +212,42 @@ async def _move(
         await trio.to_thread.run_sync(drop_snapshots, ct)
         await move.ask({"op": "area"})
         await move.send_area(first, None)
-        if lazy:
-            return await _move_post_copy(move, service, first, second)
         if state is State.RUNNING:
-            move.frozen_at = time.monotonic()
-            await checkpoint.freeze(ct)  # a failure: it runs on here
-            try:
-                await move.ask({"op": "area"})
-                await move.send_area(second, first)
-                await move.send_dump()
-                await move.ask({"op": "finish", "events": _events_text(ct)})
-            except CtfsError:
-                await _resume_here(ct, "before the target had it")
-                raise
-        else:
-            if state is State.FROZEN:
-                await move.send_dump()
+            await move.capture_segments()
+        try:
+            return await _move_frozen(move, service, first, second, state, lazy)
+        finally:
+            await move.stop_capture()
+
+
+async def _move_frozen(
+    move: Move, service: PeerService, first: Path, second: Path, state: State, lazy: bool
+) -> bool:
+    """From the freeze (of a running container) to the hand-over."""
+    ct, peer = move.ct, move.peer
+    if lazy:
+        return await _move_post_copy(move, service, first, second)
+    if state is State.RUNNING:
+        move.frozen_at = time.monotonic()
+        await checkpoint.freeze(ct)  # a failure: it runs on here
+        try:
+            await move.ask({"op": "area"})
+            await move.send_area(second, first)
+            await move.send_dump()
             await move.ask({"op": "finish", "events": _events_text(ct)})
+        except CtfsError:
+            await _resume_here(ct, "before the target had it")
+            raise
+    else:
+        if state is State.FROZEN:
+            await move.send_dump()
+        await move.ask({"op": "finish", "events": _events_text(ct)})
 
-        async def resume() -> None:
-            if state is State.RUNNING:
-                await _resume_here(ct, f"after {peer.name}'s restore failed")
+    async def resume() -> None:
+        if state is State.RUNNING:
+            await _resume_here(ct, f"after {peer.name}'s restore failed")
 
-        return await _commit(move, state, resume)
+    return await _commit(move, state, resume)
 
 
 async def _move_post_copy(move: Move, service: PeerService, first: Path, second: Path) -> bool:
@@ -268,6 +318,8 @@ async def _commit(move: Move, state: State, resume: Callable[[], Awaitable[None]
             f"(restore there {reply.get('restore_ms', '?')} ms)"
         )
     ct.events.record(summary)
+    if state is State.RUNNING:
+        await move.replay_segments()  # the target waits for them (none, at least)
     return True
 
 

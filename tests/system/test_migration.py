@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import pytest
 
 from tests.ctfsd_harness import CTFS, Ctfsd, ctfs_exec, started, wait_for, write_errno
 from tests.migration_lab import HOSTS, PREFIX, MigrationLab
-from tests.system.test_checkpoint import COUNTER, ECHO_CLIENT, EXCHANGES_AFTER
+from tests.system.test_checkpoint import COUNTER, EXCHANGES_AFTER
 
 PORT = 7385
 ADDRESS = f"{PREFIX}.50"
@@ -122,16 +124,53 @@ def test_a_running_container_moves_there_and_its_counter_goes_on(
     assert "migration: now on hostb" in a.log_text()
 
 
+GAP_CLIENT = textwrap.dedent(
+    """
+    import select, socket, sys, time
+    # Exchanges numbered messages every 10 ms over one connection until told on
+    # stdin that the moves are over, then AFTER more; prints how many, and the
+    # longest time between two echoes in ms.
+    sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+    sock.settimeout(60)
+    print("connected", flush=True)
+    reader = sock.makefile("rb")
+    sent, done_at, after, gap = 0, None, int(sys.argv[3]), 0.0
+    last = time.monotonic()
+    while done_at is None or sent - done_at < after:
+        sent += 1
+        sock.sendall(b"message %d\\n" % sent)
+        echoed = reader.readline()
+        now = time.monotonic()
+        gap, last = max(gap, now - last), now
+        if echoed != b"message %d\\n" % sent:
+            print("mismatch", sent, echoed, flush=True)
+            sys.exit(1)
+        if done_at is None and select.select([sys.stdin], [], [], 0)[0]:
+            sys.stdin.readline()
+            done_at = sent
+        time.sleep(0.01)
+    print("ok", done_at, sent - done_at, round(gap * 1000), flush=True)
+    """
+)
+
+
+def _frozen_ms(daemon: Ctfsd) -> list[int]:
+    """The frozen times of the moves away from ``daemon``, from its log."""
+    found = re.findall(r"migration: now on \S+, total \d+ ms, frozen (\d+) ms", daemon.log_text())
+    return [int(ms) for ms in found]
+
+
 def test_a_client_connection_survives_the_move_there_and_back(
     hosts: tuple[Ctfsd, Ctfsd], moving: int, mlab: MigrationLab
 ) -> None:
     a, b = hosts
     _sh(a.mount / str(moving), "(nc -l -p 7000 -e cat) </dev/null >/dev/null 2>&1 &")
     time.sleep(0.3)
-    argv = [sys.executable, "-c", ECHO_CLIENT, ADDRESS, "7000", str(EXCHANGES_AFTER)]
+    argv = [sys.executable, "-c", GAP_CLIENT, ADDRESS, "7000", str(EXCHANGES_AFTER)]
     client = subprocess.Popen(
         [*mlab.enter("client"), *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    frozen_before = _frozen_ms(a) + _frozen_ms(b)
     try:
         assert client.stdout is not None
         assert client.stdout.readline().strip() == "connected"
@@ -140,15 +179,18 @@ def test_a_client_connection_survives_the_move_there_and_back(
         time.sleep(0.5)
         there = b.mount / str(moving)
         assert _move(there, "hosta") == 0, (there / "events").read_text()
-        out, _ = client.communicate("restored\n", timeout=120)
+        out, _ = client.communicate("moved\n", timeout=120)
     finally:
         if client.poll() is None:
             client.kill()
             client.wait()
     assert client.returncode == 0, out
-    word, before, after = out.split()
+    word, before, after, gap = out.split()
     assert (word, after) == ("ok", str(EXCHANGES_AFTER))
     assert int(before) > 10
+    frozen = [ms for ms in _frozen_ms(a) + _frozen_ms(b) if ms not in frozen_before]
+    # Its segments sent meanwhile were delivered again: no retransmission back-off.
+    assert int(gap) <= max(frozen) + 100, (gap, frozen)
 
 
 def test_a_ctid_taken_there_is_refused_before_anything_moves(
