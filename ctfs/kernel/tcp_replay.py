@@ -76,7 +76,7 @@ def tcp_segment(packet: bytes) -> tuple[Key, IPAddress] | None:
     return (source, dest, sport, dport, seq), ipaddress.ip_address(dest)
 
 
-def _sum16(data: bytes) -> int:
+def ones_complement_sum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\0"
     total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -98,7 +98,7 @@ def with_tcp_checksum(packet: bytes) -> bytes:
         segment = packet[header:]
         pseudo = packet[8:40] + struct.pack("!IxxxB", len(segment), IPPROTO_TCP)
     zeroed = segment[:16] + b"\0\0" + segment[18:]
-    checksum = 0xFFFF - _sum16(pseudo + zeroed) or 0xFFFF
+    checksum = 0xFFFF - ones_complement_sum(pseudo + zeroed) or 0xFFFF
     return packet[: header + 16] + struct.pack("!H", checksum) + packet[header + 18 :]
 
 

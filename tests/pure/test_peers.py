@@ -8,6 +8,7 @@ from ctfs.policy.peers import (
     DEFAULT_PORT,
     Peer,
     PeerError,
+    find_peer,
     parse_endpoint,
     parse_peers,
     render_peers,
@@ -78,3 +79,34 @@ def test_one_certificate_under_two_names_is_refused() -> None:
 
 def test_an_empty_list_is_no_peers() -> None:
     assert parse_peers("# nobody\n") == []
+
+
+def _peers() -> list[Peer]:
+    return parse_peers(
+        f"hostb 198.18.77.2:7385 sha256:{'ab' * 32}\n"
+        f"hostc 198.18.77.3:7000 sha256:{'cd' * 32}\n"
+        f"hostd [2001:db8::4]:7385 sha256:{'ef' * 32}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("word", "name"),
+    [
+        ("hostb", "hostb"),
+        ("hostc:7000", "hostc"),
+        ("198.18.77.2", "hostb"),
+        ("198.18.77.3:7000", "hostc"),
+        ("[2001:db8::4]:7385", "hostd"),
+        ("[2001:db8::4]", "hostd"),
+    ],
+)
+def test_a_peer_is_named_by_name_name_and_port_or_address(word: str, name: str) -> None:
+    found = find_peer(_peers(), word)
+    assert found is not None and found.name == name
+
+
+@pytest.mark.parametrize(
+    "word", ["hoste", "hostc:7385", "198.18.77.9", "198.18.77.3:7385", "running", ""]
+)
+def test_a_word_that_names_no_peer_finds_none(word: str) -> None:
+    assert find_peer(_peers(), word) is None
