@@ -215,10 +215,9 @@ def start_pair(lab: MoveLab, mode: str, started: list[Ctfsd]) -> tuple[Ctfsd, Ct
     return a, b
 
 
-def bench_ctfs(pair: tuple[Ctfsd, Ctfsd], lab: MoveLab, mode: str, mib: int, runs: int,
+def bench_ctfs(pair: tuple[Ctfsd, Ctfsd], lab: MoveLab, ctid: int, mib: int, runs: int,
                cell: Cell) -> None:  # fmt: skip
     a, b = pair
-    ctid = MODES[mode][2]
     address = f"{PREFIX}.{ctid - 600}"
     try:
         boot(a, ctid, address, mib)
@@ -234,17 +233,17 @@ def bench_ctfs(pair: tuple[Ctfsd, Ctfsd], lab: MoveLab, mode: str, mib: int, run
         remove(pair, ctid)
 
 
-def bench_raw(lab: MoveLab, mib: int, runs: int, cells: dict[str, Cell]) -> None:
-    address = f"{PREFIX}.{RAW_CTID - 600}"
+def bench_raw(lab: MoveLab, ctid: int, mib: int, runs: int, cells: dict[str, Cell]) -> None:
+    address = f"{PREFIX}.{ctid - 600}"
     daemon = Ctfsd(wrapper=lab.enter("ra"), extra=("--uplink", "up0"))
     peer: RawPeer | None = None
     mover: RawMover | None = None
     try:
         daemon.start()
-        boot(daemon, RAW_CTID, address, mib)
-        peer = RawPeer(daemon, RAW_CTID, daemon.state / "raw-criu", lab.ns["ra"], (address,))
+        boot(daemon, ctid, address, mib)
+        peer = RawPeer(daemon, ctid, daemon.state / "raw-criu", lab.ns["ra"], (address,))
         peer.take_over()  # from here on only criu touches the tree
-        hosts = (RawHost("ra", str(RAW_CTID)), RawHost("rb", str(RAW_CTID + 10000)))
+        hosts = (RawHost("ra", str(ctid)), RawHost("rb", str(ctid + 10000)))
         mover = RawMover(peer, lab, hosts, address)
         for lazy, row in ((True, "raw post-copy"), (False, "raw stop-and-copy")):
             moves: list[Callable[[], tuple[float, float]]] = [partial(mover.move, lazy)] * 2
@@ -290,7 +289,7 @@ def print_table(name: str, runs: int, cells: dict[str, Cell]) -> None:
         print(f"  {row:<20}{text}")
     for row in ROWS:
         if cells[row].detail:
-            print(f"  {row}, its last move: {cells[row].detail}")
+            print(f"  {row}{', its last move' if cells[row].frozen else ''}: {cells[row].detail}")
 
 
 def print_targets(results: dict[str, dict[str, Cell]]) -> None:
@@ -368,12 +367,22 @@ def main() -> int:
                 notes.append(f"{name}: not measured, {memory_available_mib()} MiB available")
                 continue
             cells = results[name] = {row: Cell() for row in ROWS}
+            # CTIDs of their own: a container a failure left behind is in no one's way.
+            offset = 10 * list(WORKLOADS).index(workload)
             for mode, pair in pairs.items():
                 print(f"{name}: ctfs {mode}, {args.runs} runs ...", flush=True)
-                bench_ctfs(pair, lab, mode, mib, args.runs, cells[f"ctfs {mode}"])
+                row = f"ctfs {mode}"
+                try:
+                    bench_ctfs(pair, lab, MODES[mode][2] + offset, mib, args.runs, cells[row])
+                except BenchError as exc:
+                    cells[row] = Cell(detail=f"not measured, it failed: {exc}"[:600])
             if not args.skip_raw:
                 print(f"{name}: raw CRIU, {args.runs} runs ...", flush=True)
-                bench_raw(lab, mib, args.runs, cells)
+                try:
+                    bench_raw(lab, RAW_CTID + offset, mib, args.runs, cells)
+                except BenchError as exc:
+                    for row in ("raw post-copy", "raw stop-and-copy"):
+                        cells[row] = Cell(detail=f"not measured, it failed: {exc}"[:600])
     finally:
         with uninterrupted():
             for daemon in started:

@@ -124,6 +124,7 @@ async def receive(
 ) -> None:
     """Answer a ``migrate`` offer from ``peer`` and, if accepted, take the container."""
     links = host.backends.peer_links
+    await host.ctx.checkpoints_probed.wait()  # "unavailable" means "not checked yet" before
     try:
         ctid, settings, state = check_offer(host, offer)
         if offer.get("memory", STOP_AND_COPY) not in (POST_COPY, STOP_AND_COPY):

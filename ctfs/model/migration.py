@@ -253,7 +253,7 @@ async def _move_frozen(
 async def _move_post_copy(move: Move, service: PeerService, first: Path, second: Path) -> bool:
     """Frozen, the rest of the private area and the images without memory cross;
     the target restores, and its processes fetch their pages from here."""
-    ct, peer = move.ct, move.peer
+    ct = move.ct
     own = service.book
     peer_cert = ct.dir / PEER_CERT
     pem = move.links.peer_pem(move.stream)
@@ -261,33 +261,53 @@ async def _move_post_copy(move: Move, service: PeerService, first: Path, second:
     port = await trio.to_thread.run_sync(ct.backends.checkpointer.page_server_port, own.own.host)
     tls = CriuTls(cert=own.me.cert, key=own.me.key, peer_cert=peer_cert)
     serving = postcopy.ServingDump(ct, LazyPages(own.own.host, port, tls))
+    failed: list[CtfsError] = []
+    moved = False
+    # CRIU serves the pages in the nursery; errors leave it as they are, not grouped.
     async with trio.open_nursery() as nursery:
-        move.frozen_at = time.monotonic()
-        await serving.start(nursery)  # a failure: it runs on here
         try:
-            await move.ask({"op": "area"})
-            await move.send_area(second, first)
-            await move.send_dump()
-            await move.ask({"op": "finish", "events": _events_text(ct), "page_server": port})
-        except CtfsError:
-            await serving.abort()
-            ct.events.record("migration failed before the target had it; it runs here again")
-            raise
+            moved = await _serve_and_hand_over(move, serving, nursery, first, second, port)
+        except CtfsError as exc:
+            failed.append(exc)
+    if failed:
+        raise failed[0]
+    return moved
 
-        async def resume() -> None:
-            serving.committed = False  # nothing of it runs there: see _commit
-            await serving.abort()
-            ct.events.record(f"migration failed: {peer.name}'s restore failed; it runs here again")
 
-        serving.commit()
-        moved = await _commit(move, State.RUNNING, resume)
-        began = time.monotonic()
-        await serving.finish()
-        if moved:
-            ct.events.record(
-                f"migration: every memory page served in {(time.monotonic() - began) * 1000:.0f}"
-                " ms after the restore there"
-            )
+async def _serve_and_hand_over(
+    move: Move,
+    serving: postcopy.ServingDump,
+    nursery: trio.Nursery,
+    first: Path,
+    second: Path,
+    port: int,
+) -> bool:
+    ct, peer = move.ct, move.peer
+    move.frozen_at = time.monotonic()
+    await serving.start(nursery)  # a failure: it runs on here
+    try:
+        await move.ask({"op": "area"})
+        await move.send_area(second, first)
+        await move.send_dump()
+        await move.ask({"op": "finish", "events": _events_text(ct), "page_server": port})
+    except CtfsError:
+        await serving.abort()
+        ct.events.record("migration failed before the target had it; it runs here again")
+        raise
+
+    async def resume() -> None:
+        serving.committed = False  # nothing of it runs there: see _commit
+        await serving.abort()
+        ct.events.record(f"migration failed: {peer.name}'s restore failed; it runs here again")
+
+    serving.commit()
+    moved = await _commit(move, State.RUNNING, resume)
+    began = time.monotonic()
+    await serving.finish()
+    ct.events.record(
+        f"migration: every memory page served in {(time.monotonic() - began) * 1000:.0f} ms "
+        "after the restore there"
+    )
     return moved
 
 

@@ -22,6 +22,7 @@ from tests.migration_lab import HOSTS, PREFIX, MigrationLab
 from tests.system.test_checkpoint import COUNTER, EXCHANGES_AFTER
 
 PORT = 7385
+CRIU = "/opt/ctfs/criu/sbin/criu"
 ADDRESS = f"{PREFIX}.50"
 SETTINGS = ("cpuunits", "limits", "hostname", "ip", "template")
 # A shell holding 256 MiB of touched memory, reading all of it every 0.2 s.
@@ -381,3 +382,66 @@ def test_stop_and_copy_moves_it_too(hosts: tuple[Ctfsd, Ctfsd], moving: int) -> 
     assert wait_for(lambda: _counter(target) > before + 3, timeout=5)
     # The memory went with the dump file, which ctfs wrote as for a checkpoint.
     assert "written and synced" in (target / "events").read_text().rsplit("migration: to", 1)[1]
+
+
+def _restarted_with(daemon: Ctfsd, *extra: str) -> contextlib.AbstractContextManager[None]:
+    """``daemon`` restarted with ``extra`` options for the block, then as it was."""
+
+    @contextlib.contextmanager
+    def restarted() -> Iterator[None]:
+        daemon.terminate()
+        before = daemon.extra
+        daemon.extra = (*before, *extra)
+        try:
+            daemon.start()
+            yield
+        finally:
+            daemon.terminate()
+            daemon.extra = before
+            daemon.start()
+
+    return restarted()
+
+
+def test_a_failed_restore_there_brings_it_back_here(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int, tmp_path: Path
+) -> None:
+    a, b = hosts
+    failing = tmp_path / "criu"
+    failing.write_text(
+        "#!/bin/sh\n"
+        'for word in "$@"; do [ "$word" = restore ] && { echo injected >&2; exit 1; }; done\n'
+        f'exec {CRIU} "$@"\n'
+    )
+    failing.chmod(0o755)
+    source = a.mount / str(moving)
+    with _restarted_with(b, "--criu", str(failing)):
+        assert _move(source, "hostb") == errno.EIO
+        assert _leftovers(b, moving) == []
+    assert (source / "state").read_text() == "running\n"
+    before = _counter(source)
+    assert wait_for(lambda: _counter(source) > before, timeout=5)
+    events = (source / "events").read_text()
+    assert "hostb refused: restore failed" in events, events
+    assert "it runs here again" in events
+
+
+def test_a_source_killed_during_the_transfer_finds_it_running_and_nothing_is_left_there(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int
+) -> None:
+    a, b = hosts
+    source = a.mount / str(moving)
+    _sh(source, "dd if=/dev/zero of=/ballast bs=1M count=400 2>/dev/null")
+    mover, _ = _move_in_background(source, "hostb")
+    try:
+        assert wait_for(lambda: (b.state / str(moving) / ".arriving").exists(), timeout=20)
+        a.kill()
+    finally:
+        if a.proc is None:
+            a.start()
+        mover.join(timeout=60)
+    assert (source / "state").read_text() == "running\n"
+    before = _counter(source)
+    assert wait_for(lambda: _counter(source) > before, timeout=5)
+    assert wait_for(lambda: _leftovers(b, moving) == [], timeout=30)
+    assert not [p.name for p in (a.state / str(moving)).iterdir() if "migration" in p.name]
