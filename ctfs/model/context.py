@@ -39,6 +39,8 @@ class Context:
     # module, so it cannot be named here) to the peer a word names; set when this
     # host has peers (ctfs.model.host.Host.serve_peers).
     migrate: Callable[[Any, str], Awaitable[None]] | None = None
+    # Asks the peer a container was handed to whether it has it (see migration).
+    confirm_not_there: Callable[[Any], Awaitable[None]] | None = None
 
     def start_soon(self, task: Callable[[], Awaitable[object]]) -> None:
         assert self.nursery is not None, "the host is not serving yet"

@@ -87,8 +87,19 @@ class Host:
                 )
             await migration.migrate(ct, peer, service, self.remove, self.post_copy)
 
+        async def has(stream: trio.abc.Stream, peer: Peer, message: dict[str, Any]) -> None:
+            ctid = message.get("ctid")
+            found = self.containers.get(ctid) if isinstance(ctid, int) else None
+            state = found.state.value if found is not None else None
+            await self.backends.peer_links.send(stream, {"ok": True, "state": state})
+
+        async def confirm(ct: Container) -> None:
+            await migration.confirm_not_there(ct, service)
+
         service.handlers["migrate"] = arrive
+        service.handlers["has"] = has
         self.ctx.migrate = leave
+        self.ctx.confirm_not_there = confirm
 
     def start(self, nursery: trio.Nursery) -> None:
         """Begin serving: load the containers on disk and watch the running ones."""

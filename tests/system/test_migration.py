@@ -455,3 +455,32 @@ def test_a_source_killed_during_the_transfer_finds_it_running_and_nothing_is_lef
     assert wait_for(lambda: _counter(source) > before, timeout=5)
     assert wait_for(lambda: _leftovers(b, moving) == [], timeout=30)
     assert not [p.name for p in (a.state / str(moving)).iterdir() if "migration" in p.name]
+
+
+def _handed_to_hostb(daemon: Ctfsd, ctid: int) -> None:
+    """Make a frozen container look handed to hostb without confirmation, as a
+    source ctfsd killed after the hand-over leaves it (ctid.conf while stopped)."""
+    daemon.terminate()
+    conf = daemon.state / str(ctid) / "ctid.conf"
+    conf.write_text(conf.read_text() + 'HANDED_TO="hostb"\n')
+    daemon.start()
+
+
+def test_a_container_handed_over_unconfirmed_is_restored_only_once_the_peer_has_none(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int
+) -> None:
+    a, b = hosts
+    source = a.mount / str(moving)
+    assert write_errno(source / "state", b"frozen") == 0
+    _handed_to_hostb(a, moving)
+    taken = b.mount / str(moving)
+    taken.mkdir()  # hostb has a container of that CTID: it took it over
+    try:
+        assert write_errno(source / "state", b"running") == errno.EEXIST
+        assert (source / "state").read_text() == "frozen\n"
+        assert "it is stopped on hostb, which took it over" in (source / "events").read_text()
+    finally:
+        taken.rmdir()
+    assert write_errno(source / "state", b"running") == 0, (source / "events").read_text()
+    assert "hostb does not have it" in (source / "events").read_text()
+    assert "HANDED_TO" not in (a.state / str(moving) / "ctid.conf").read_text()
