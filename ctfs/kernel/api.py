@@ -414,6 +414,9 @@ class Checkpointer(Protocol):
         written and the page server listens, and the call returns once every page
         was served (or ``stop_dump`` ended it)."""
 
+    def lazy_bytes(self, images: Path) -> int:
+        """Bytes of memory a lazy dump into ``images`` left for its page server."""
+
     def page_server_port(self, address: str) -> int:
         """A free port at ``address`` for a lazy dump's page server."""
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from pyroute2.nftables.main import NFTables
 
-from ctfs.kernel import lazy_pages, netns, processes, restore_views
+from ctfs.kernel import criu_stats, lazy_pages, netns, processes, restore_views
 from ctfs.kernel.api import CriuDump, CriuError, CriuRestore, Veth
 
 DEFAULT_BINARY = Path("/opt/ctfs/criu/sbin/criu")
@@ -166,6 +166,9 @@ class Criu:
             waiter.join()
         finally:
             self._dumps.pop(options.images, None)
+
+    def lazy_bytes(self, images: Path) -> int:
+        return criu_stats.lazy_bytes(images)
 
     def page_server_port(self, address: str) -> int:
         return lazy_pages.free_port(address)

@@ -307,8 +307,7 @@ async def _serve_and_hand_over(
     began = time.monotonic()
     await serving.finish()
     ct.events.record(
-        f"migration: every memory page served in {(time.monotonic() - began) * 1000:.0f} ms "
-        "after the restore there"
+        f"migration: memory served after the restore: {_amount(serving.served, began)}"
     )
     return moved
 

@@ -35,6 +35,8 @@ class ServingDump:
         self.done = trio.Event()
         self.error: CtfsError | None = None
         self.committed = False
+        # Bytes of memory served after the restore (CRIU's count), once finished.
+        self.served = 0
 
     async def start(self, nursery: trio.Nursery) -> None:
         """Freeze, dump, and pack the images into the dump file; returns with CRIU
@@ -107,6 +109,9 @@ class ServingDump:
         """After the commit: wait until every page was served; the processes end."""
         ct = self.ct
         await self.done.wait()
+        self.served = await trio.to_thread.run_sync(
+            ct.backends.checkpointer.lazy_bytes, self.images
+        )
         init = ct.init
         if self.error is not None or init is None:
             ct.events.record(

@@ -343,6 +343,8 @@ def test_256_mib_of_memory_moves_there_and_back_intact(
         _sh(moved, "rm -f /tmp/len")
         assert wait_for(lambda m=moved: _length(m) == "268435456", 120), _report(here, moved)
         assert wait_for(lambda m=moved, n=before: _counter(m) > n + 3, timeout=5)
+        served = re.findall(r"memory served after the restore: (\d+) bytes", here.log_text())
+        assert served and int(served[-1]) >= 256 << 20  # it came after the restore
 
 
 def test_a_stopped_container_moves_with_its_private_area(
