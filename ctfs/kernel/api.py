@@ -45,6 +45,7 @@ CriuDump = criu_values.CriuDump
 CriuRestore = criu_values.CriuRestore
 CriuTls = criu_values.CriuTls
 LazyPages = criu_values.LazyPages
+Checkpointer = criu_values.Checkpointer
 
 # What the peer link speaks, re-exported (see ctfs.kernel.peer_values).
 Identity = peer_values.Identity
@@ -395,43 +396,6 @@ class Launcher(Protocol):
     ) -> LaunchReply: ...
 
     def close(self) -> None: ...
-
-
-class Checkpointer(Protocol):
-    version: str
-    unavailable: str | None  # why checkpoints do not work here, or None
-    binary: Path | None
-
-    def probe(self) -> str | None: ...
-
-    def dump(
-        self,
-        options: CriuDump,
-        on_timeout: Callable[[], None],
-        on_images: Callable[[], None] | None = None,
-    ) -> None:
-        """Dump; with ``options.lazy``, ``on_images`` is called once the images are
-        written and the page server listens, and the call returns once every page
-        was served (or ``stop_dump`` ended it)."""
-
-    def lazy_bytes(self, images: Path) -> int:
-        """Bytes of memory a lazy dump into ``images`` left for its page server."""
-
-    def page_server_port(self, address: str) -> int:
-        """A free port at ``address`` for a lazy dump's page server."""
-
-    def stop_dump(self, images: Path) -> None:
-        """End the dump into ``images`` under way (the container runs on as after
-        a failed dump)."""
-
-    def restore(self, options: CriuRestore, on_timeout: Callable[[], None]) -> int:
-        """Restore detached; return the host PID of the restored init."""
-
-    def await_pages(self, work: Path, timeout: float) -> None:
-        """After a lazy restore with ``work``: wait until every page arrived.
-        CriuError if the transfer failed: the restored processes cannot go on."""
-
-    def remove_network_lock(self, pid: int) -> None: ...
 
 
 @dataclass

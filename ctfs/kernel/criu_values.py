@@ -1,13 +1,15 @@
 """What ctfsd asks CRIU for, and how CRIU fails (part of ``ctfs.kernel.api``,
-which re-exports them): frozen values, no I/O.  The cgroup and network backends
-give their parts (``CriuCgroups``, ``Veth``); ``ctfs.kernel.criu`` turns them
-into command lines.
+which re-exports them): frozen values and the ``Checkpointer`` Protocol, no
+I/O.  The cgroup and network backends give their parts (``CriuCgroups``,
+``Veth``); ``ctfs.kernel.criu`` turns them into command lines.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 # (cgroup directory, controllers to enable for its children), parents first.
 SubtreeControls = tuple[tuple[str, tuple[str, ...]], ...]
@@ -98,3 +100,40 @@ class CriuRestore:
     subtree_controls: SubtreeControls = ()
     # Fetch the memory pages from a source's page server (see Checkpointer.await_pages).
     lazy: LazyPages | None = None
+
+
+class Checkpointer(Protocol):
+    version: str
+    unavailable: str | None  # why checkpoints do not work here, or None
+    binary: Path | None
+
+    def probe(self) -> str | None: ...
+
+    def dump(
+        self,
+        options: CriuDump,
+        on_timeout: Callable[[], None],
+        on_images: Callable[[], None] | None = None,
+    ) -> None:
+        """Dump; with ``options.lazy``, ``on_images`` is called once the images are
+        written and the page server listens, and the call returns once every page
+        was served (or ``stop_dump`` ended it)."""
+
+    def lazy_bytes(self, images: Path) -> int:
+        """Bytes of memory a lazy dump into ``images`` left for its page server."""
+
+    def page_server_port(self, address: str) -> int:
+        """A free port at ``address`` for a lazy dump's page server."""
+
+    def stop_dump(self, images: Path) -> None:
+        """End the dump into ``images`` under way (the container runs on as after
+        a failed dump)."""
+
+    def restore(self, options: CriuRestore, on_timeout: Callable[[], None]) -> int:
+        """Restore detached; return the host PID of the restored init."""
+
+    def await_pages(self, work: Path, timeout: float) -> None:
+        """After a lazy restore with ``work``: wait until every page arrived.
+        CriuError if the transfer failed: the restored processes cannot go on."""
+
+    def remove_network_lock(self, pid: int) -> None: ...

@@ -258,7 +258,7 @@ async def restore(ct: Container, lazy: LazyPages | None = None) -> None:
     """Bring a frozen container back from its dump file; or change nothing.
 
     ``lazy``: its memory pages come from a source's page server (a post-copy move);
-    the scratch directories then stay for ``await_pages``.
+    the scratch directories then stay for ``postcopy.await_pages``.
     """
     await checkpointer(ct)
     if ct.backends.cgroups.pids(ct.ctid):
@@ -399,24 +399,6 @@ def scratch(ct: Container) -> tuple[Path, Path]:
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(mode=0o700)
     return images, work
-
-
-async def await_pages(ct: Container) -> None:
-    """After a lazy restore: once every memory page arrived, the scratch goes.  If
-    the transfer failed, the restored processes cannot go on: they are ended."""
-    work = ct.dir / SCRATCH[1]
-    try:
-        await trio.to_thread.run_sync(ct.backends.checkpointer.await_pages, work, CRIU_TIMEOUT_S)
-    except CriuError as exc:
-        kept = await trio.to_thread.run_sync(criu_logs.keep, ct, exc, "lazy-pages")
-        ct.events.record(
-            f"its memory did not all arrive ({exc}{kept}); the container is ended here, "
-            "its source keeps what it had",
-            logging.ERROR,
-        )
-        await trio.to_thread.run_sync(ct.backends.cgroups.kill_all, ct.ctid)
-    finally:
-        await trio.to_thread.run_sync(drop_scratch, ct)
 
 
 def drop_scratch(ct: Container) -> None:

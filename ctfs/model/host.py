@@ -17,7 +17,7 @@ import trio
 
 from ctfs.errors import CtfsError, busy, invalid, kernel_failed, not_found
 from ctfs.kernel.api import Backends, IPAddress, NetworkError, StorageError
-from ctfs.model import checkpoint, immigration, lifecycle, migration, resources
+from ctfs.model import checkpoint, handover, immigration, lifecycle, migration, resources
 from ctfs.model.container import CONF, Container, State
 from ctfs.model.context import Context
 from ctfs.model.peer_service import PeerService
@@ -94,7 +94,7 @@ class Host:
             await self.backends.peer_links.send(stream, {"ok": True, "state": state})
 
         async def confirm(ct: Container) -> None:
-            await migration.confirm_not_there(ct, service)
+            await handover.confirm_not_there(ct, service)
 
         service.handlers["migrate"] = arrive
         service.handlers["has"] = has

@@ -35,7 +35,7 @@ from ctfs.kernel.api import (
     PeerLinkError,
     StorageError,
 )
-from ctfs.model import apply, checkpoint, relay
+from ctfs.model import apply, checkpoint, postcopy, relay
 from ctfs.model.container import Container, State
 from ctfs.model.context import Context
 from ctfs.model.events import MAX_BYTES
@@ -260,7 +260,7 @@ class Arrival:
         if self.lazy is not None:
 
             async def pages() -> None:
-                await checkpoint.await_pages(ct)
+                await postcopy.await_pages(ct)
 
             ct.ctx.start_soon(pages)
         await self._replay(ct)

@@ -37,9 +37,9 @@ from typing import Any
 
 import trio
 
-from ctfs.errors import CtfsError, busy, kernel_failed
+from ctfs.errors import CtfsError, kernel_failed
 from ctfs.kernel.api import CriuTls, LazyPages, PeerLinkError, SegmentCapture, StorageError
-from ctfs.model import checkpoint, lifecycle, postcopy, relay
+from ctfs.model import checkpoint, handover, lifecycle, postcopy, relay
 from ctfs.model.container import Container, State
 from ctfs.model.peer_service import PeerService
 from ctfs.policy.peers import Peer
@@ -50,8 +50,6 @@ SNAPSHOTS = (".migration-1", ".migration-2")
 # The target's certificate, for CRIU's page server (post-copy).
 PEER_CERT = ".migration-peer.pem"
 POST_COPY, STOP_AND_COPY = "post-copy", "stop-and-copy"
-# In ctid.conf while a container handed to a peer is not known to run there.
-HANDED_TO = "HANDED_TO"
 # The target's restore runs within CRIU's own limit; its answer comes within this.
 ANSWER_TIMEOUT_S = checkpoint.CRIU_TIMEOUT_S + 60
 _LINK_ERRORS = (PeerLinkError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -317,7 +315,7 @@ async def _commit(move: Move, state: State, resume: Callable[[], Awaitable[None]
     ct, peer = move.ct, move.peer
     if state is State.RUNNING:
         # Kept if the target never confirms: a restore here asks it first (state.py).
-        await trio.to_thread.run_sync(lambda: ct.persist(**{HANDED_TO: peer.name}))
+        await trio.to_thread.run_sync(lambda: ct.persist(**{handover.HANDED_TO: peer.name}))
     if ct.addresses:
         await lifecycle.remove_network(ct)  # the target routes and proxies them now
     try:
@@ -325,7 +323,7 @@ async def _commit(move: Move, state: State, resume: Callable[[], Awaitable[None]
     except CtfsError as exc:
         if isinstance(exc, Refused) and exc.reply.get("removed") is True:
             # The target's restore failed, and it removed its copy: nothing runs there.
-            await trio.to_thread.run_sync(forget_hand_over, ct)
+            await trio.to_thread.run_sync(handover.forget, ct)
             await resume()
             raise
         if state is State.RUNNING:
@@ -360,39 +358,6 @@ async def _resume_here(ct: Container, when: str) -> None:
         )
         return
     ct.events.record(f"migration failed {when}; it runs here again")
-
-
-async def confirm_not_there(ct: Container, service: PeerService) -> None:
-    """Before a container handed to a peer that never confirmed is restored here:
-    ask the peer.  CtfsError (nothing changed) if it has it, or cannot be asked;
-    the mark goes if it has not."""
-    name = ct.settings[HANDED_TO]
-    peer = service.book.find(name)
-    if peer is None:
-        raise busy(
-            f"it was handed to {name}, which did not confirm and is no peer now; "
-            f"remove {HANDED_TO} from ctid.conf to restore it here anyway"
-        )
-    stream = await service.connect(peer)
-    try:
-        async with stream:
-            await ct.backends.peer_links.send(stream, {"op": "has", "ctid": ct.ctid})
-            reply = await ct.backends.peer_links.receive(stream)
-    except _LINK_ERRORS as exc:
-        raise CtfsError(errno.EHOSTUNREACH, f"cannot ask {name} whether it has it: {exc}") from exc
-    there = reply.get("state")
-    if there is not None:
-        raise CtfsError(
-            errno.EEXIST,
-            f"it is {there} on {name}, which took it over; write stopped to discard this copy",
-        )
-    await trio.to_thread.run_sync(forget_hand_over, ct)
-    ct.events.record(f"migration: {name} does not have it; it may be restored here")
-
-
-def forget_hand_over(ct: Container) -> None:
-    if HANDED_TO in ct.settings:
-        ct.save({k: v for k, v in ct.settings.items() if k != HANDED_TO})
 
 
 def _events_text(ct: Container) -> str:

@@ -1,7 +1,7 @@
-"""Post-copy moves, the source's side: frozen, dumped without its memory pages,
+"""Post-copy moves.  The source's side: frozen, dumped without its memory pages,
 and serving them to the target until it has them all (``checkpoint.dump`` with
-``lazy``).  The target's side is ``checkpoint.restore`` with ``lazy`` and
-``checkpoint.await_pages``.
+``lazy``).  The target's side: ``checkpoint.restore`` with ``lazy``, then
+``await_pages``.
 
 Invariants:
 - Until ``commit``, ``abort`` ends CRIU and the container runs on here as after
@@ -18,8 +18,8 @@ import logging
 import trio
 
 from ctfs.errors import CtfsError, busy, kernel_failed
-from ctfs.kernel.api import LazyPages
-from ctfs.model import checkpoint, dumpfile, lifecycle, own_cgroups, views
+from ctfs.kernel.api import CriuError, LazyPages
+from ctfs.model import checkpoint, criu_logs, dumpfile, lifecycle, own_cgroups, views
 from ctfs.model.container import Container
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,26 @@ class ServingDump:
             await trio.to_thread.run_sync(ct.backends.cgroups.kill_all, ct.ctid)
         await lifecycle.finish_stop(ct, init, network=False)
         await checkpoint.forget_link(ct)
+        await trio.to_thread.run_sync(checkpoint.drop_scratch, ct)
+
+
+async def await_pages(ct: Container) -> None:
+    """After a lazy restore: once every memory page arrived, the scratch goes.  If
+    the transfer failed, the restored processes cannot go on: they are ended."""
+    work = ct.dir / checkpoint.SCRATCH[1]
+    try:
+        await trio.to_thread.run_sync(
+            ct.backends.checkpointer.await_pages, work, checkpoint.CRIU_TIMEOUT_S
+        )
+    except CriuError as exc:
+        kept = await trio.to_thread.run_sync(criu_logs.keep, ct, exc, "lazy-pages")
+        ct.events.record(
+            f"its memory did not all arrive ({exc}{kept}); the container is ended here, "
+            "its source keeps what it had",
+            logging.ERROR,
+        )
+        await trio.to_thread.run_sync(ct.backends.cgroups.kill_all, ct.ctid)
+    finally:
         await trio.to_thread.run_sync(checkpoint.drop_scratch, ct)
 
 

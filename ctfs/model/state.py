@@ -7,7 +7,7 @@ from pathlib import Path
 import trio
 
 from ctfs.errors import busy, invalid, not_found, not_permitted
-from ctfs.model import checkpoint, lifecycle, migration, settings
+from ctfs.model import checkpoint, handover, lifecycle, settings
 from ctfs.model.container import Container, State
 from ctfs.policy import idmap, quota
 
@@ -26,7 +26,7 @@ async def request(ct: Container, word: str) -> None:
     if word == current:
         return
     if word == State.RUNNING:
-        if current is State.FROZEN and migration.HANDED_TO in ct.settings:
+        if current is State.FROZEN and handover.HANDED_TO in ct.settings:
             await _confirm_not_handed_over(ct)
         during, action = (
             (State.RESTORING, checkpoint.restore)
@@ -46,15 +46,15 @@ async def request(ct: Container, word: str) -> None:
     async with ct.changing(during):
         await action(ct)
     if current is State.FROZEN and word == State.STOPPED:
-        await trio.to_thread.run_sync(migration.forget_hand_over, ct)  # no copy here now
+        await trio.to_thread.run_sync(handover.forget, ct)  # no copy here now
 
 
 async def _confirm_not_handed_over(ct: Container) -> None:
     """A container handed to a peer that did not confirm: restored here only once
-    that peer says it has no such container (see ctfs.model.migration)."""
+    that peer says it has no such container (see ctfs.model.handover)."""
     if ct.ctx.confirm_not_there is None:
         raise busy(
-            f"it was handed to {ct.settings[migration.HANDED_TO]}, and this ctfsd has no "
+            f"it was handed to {ct.settings[handover.HANDED_TO]}, and this ctfsd has no "
             "peers to ask whether it runs there"
         )
     await ct.ctx.confirm_not_there(ct)
