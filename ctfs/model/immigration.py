@@ -278,7 +278,12 @@ class Arrival:
             step = await self.next(REPLAY_TIMEOUT_S)
         except (CtfsError, trio.TooSlowError):
             return  # the source had none to give, or went
-        raw = step.get("segments") if step.get("op") == "replay" else None
+        if step.get("op") != "replay":
+            return
+        summary = step.get("summary")
+        if isinstance(summary, str) and summary.startswith("migration: now on "):
+            ct.events.record(" ".join(summary.split())[:500])  # the source's times
+        raw = step.get("segments")
         if not isinstance(raw, list):
             return
         packets = []

@@ -87,16 +87,18 @@ class Move:
         except OSError as exc:
             ct.events.record(f"cannot watch for its clients' segments: {exc}", logging.WARNING)
 
-    async def replay_segments(self) -> None:
+    async def replay_segments(self, summary: str) -> None:
         """Give the target its clients' segments that came here while it was frozen:
-        delivered again, they make the clients go on at once, not after a back-off."""
+        delivered again, they make the clients go on at once, not after a back-off.
+        ``summary`` (the move's times) goes along, for the target's events."""
         packets: list[bytes] = []
         if self.capture is not None:
             packets = await trio.to_thread.run_sync(self.capture.stop)
             self.capture = None
         encoded = [base64.b64encode(p).decode() for p in packets]
         try:
-            await self.links.send(self.stream, {"op": "replay", "segments": encoded})
+            message = {"op": "replay", "segments": encoded, "summary": summary}
+            await self.links.send(self.stream, message)
         except _LINK_ERRORS as exc:
             log.warning(
                 "CT %d: cannot give %s its clients' segments: %s",
@@ -342,7 +344,7 @@ async def _commit(move: Move, state: State, resume: Callable[[], Awaitable[None]
         )
     ct.events.record(summary)
     if state is State.RUNNING:
-        await move.replay_segments()  # the target waits for them (none, at least)
+        await move.replay_segments(summary)  # the target waits for them (none, at least)
     return True
 
 

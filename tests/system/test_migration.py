@@ -129,6 +129,7 @@ def test_a_running_container_moves_there_and_its_counter_goes_on(
     events = (target / "events").read_text()
     assert "migration: to hostb" in events  # the history came along
     assert "migration: arrived from hosta, running" in events
+    assert re.search(r"migration: now on hostb, total \d+ ms, frozen \d+ ms", events)
     assert "migration: now on hostb" in a.log_text()
 
 
