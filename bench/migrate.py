@@ -85,7 +85,7 @@ WORKLOADS = {"idle": 0, "256": 256, "1024": 1024}
 MOVE_TIMEOUT_S = 600.0
 PIPE_MAX_SIZE, NEEDED_PIPE_MAX = Path("/proc/sys/fs/pipe-max-size"), 4 << 20
 ROWS = ("ctfs post-copy", "raw post-copy", "ctfs stop-and-copy", "raw stop-and-copy")
-DETAIL = re.compile(r"(?:frozen: freeze|migration: (?:private|dump file|now on|every memory)).*")
+DETAIL = re.compile(r"(?:frozen: freeze|migration: (?!to )).*")  # of the source, in its log
 SUMMARY = re.compile(r"migration: now on \S+, total \d+ ms, frozen (\d+) ms \(restore there")
 
 

@@ -14,6 +14,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import time
 
 import trio
 
@@ -53,12 +54,14 @@ class ServingDump:
             raise busy("ctfs exec or enter is running in the container; end it first")
         self.images, self.work = await trio.to_thread.run_sync(checkpoint.scratch, ct)
         ran = views.uptime(ct)
+        began = time.monotonic()
         try:
             await checkpoint.freeze_between_reads(ct)
         except (OSError, TimeoutError) as exc:
             await trio.to_thread.run_sync(cgroups.thaw, ct.ctid)
             await trio.to_thread.run_sync(checkpoint.drop_scratch, ct)
             raise kernel_failed(f"cannot freeze the container: {exc}") from exc
+        frozen_at = time.monotonic()
         token = trio.lowlevel.current_trio_token()
 
         def on_images() -> None:
@@ -88,12 +91,18 @@ class ServingDump:
         if not self.images_written.is_set():
             assert self.error is not None
             raise self.error
+        dumped_at = time.monotonic()
         info = checkpoint.manifest_info(ct, engine.version, ran) | await own_cgroups.record(ct)
         try:
-            await trio.to_thread.run_sync(dumpfile.pack, self.images, ct.dump_path, info)
+            size = await trio.to_thread.run_sync(dumpfile.pack, self.images, ct.dump_path, info)
         except OSError as exc:
             await self.abort()
             raise kernel_failed(f"cannot write the dump file: {exc}") from exc
+        ct.events.record(
+            f"migration: frozen: freeze {(frozen_at - began) * 1000:.0f} ms, dump without its "
+            f"memory {(dumped_at - frozen_at) * 1000:.0f} ms, dump file {size} bytes written "
+            f"in {(time.monotonic() - dumped_at) * 1000:.0f} ms"
+        )
 
     async def abort(self) -> None:
         """Before the commit: end CRIU; the container runs on here."""
