@@ -18,7 +18,7 @@ is, is declared to criu here, by hand, as a user of raw criu would have to:
   hugetlbfs with the same options is bound in at restore.
 - the container's veth: ``--external veth[eth0]:ctfsCTID`` as ctfs; criu makes the
   pair again at restore, and an action script of a few ``ip`` commands routes the
-  host end (ctfs runs ctfs.kernel.criu_action for that).
+  host end (ctfs does that in ctfsd: ctfs.kernel.criu_action).
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ options are the ones checked by hand on kernel 6.18 with CRIU 4.2.1:
 - ``--network-lock nftables``: the container's traffic is held while it is dumped,
   with libnftables (no iptables binary needed).
 - ``--external veth[eth0]:ctfs<CTID>``: the container's eth0 is one end of a pair
-  whose other end is on the host; restore recreates the pair, and the action script
-  (``ctfs.kernel.criu_action``) readies the host end before the container runs.
+  whose other end is on the host; restore recreates the pair, and the action
+  (``ctfs.kernel.criu_action``: CRIU's sh script asks ctfsd) readies the host end
+  before the container runs.
 - ``--manage-cgroups=soft`` with the cgroup backend's yard: processes go
   back into the cgroups ctfs created (with their limits) beforehand, and CRIU mounts
   no cgroup tree of its own that a killed CRIU could leave behind.
@@ -28,14 +29,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from pyroute2.nftables.main import NFTables
 
-from ctfs.kernel import criu_stats, lazy_pages, netns, processes, restore_views
+from ctfs.kernel import criu_action, criu_stats, lazy_pages, netns, processes, restore_views
 from ctfs.kernel.api import CriuDump, CriuError, CriuRestore, Veth
 
 DEFAULT_BINARY = Path("/opt/ctfs/criu/sbin/criu")
@@ -220,25 +220,30 @@ class Criu:
         if not options.same_cgroups:
             for mapping in options.cgroups.roots:
                 argv += ["--cgroup-root", mapping]
-        env: dict[str, str] = {}
-        if options.veth is not None:
-            if not options.make_veth:
-                argv += ["--external", _external(options.veth)]
-            env = {
-                "CTFS_HOST_VETH": options.veth.host,
-                "CTFS_ADDRESSES": " ".join(options.addresses),
-                "CTFS_MAKE_VETH": "1" if options.make_veth else "",
-            }
-        if options.subtree_controls:
-            env["CTFS_SUBTREE_CONTROL"] = "\n".join(
-                f"{path} {' '.join(controllers)}" for path, controllers in options.subtree_controls
+        if options.veth is not None and not options.make_veth:
+            argv += ["--external", _external(options.veth)]
+        server = None
+        if options.veth is not None or options.subtree_controls:
+            action = criu_action.Action(
+                subtree_controls=options.subtree_controls,
+                host_veth=options.veth.host if options.veth is not None else None,
+                addresses=options.addresses,
+                make_veth=options.make_veth,
             )
-        if env:
-            argv += ["--action-script", str(_action_script(work))]
-        if options.lazy is None:
-            self._run(argv, work / "restore.log", options.timeout, on_timeout, env)
-        else:
-            self._restore_lazily(argv, options, on_timeout, env)
+            server = criu_action.ActionServer(work, action)
+            argv += ["--action-script", str(criu_action.script(work))]
+        try:
+            if options.lazy is None:
+                self._run(argv, work / "restore.log", options.timeout, on_timeout, {})
+            else:
+                self._restore_lazily(argv, options, on_timeout, {})
+        except CriuError as exc:
+            if server is not None and server.error is not None:
+                raise CriuError(f"{server.error}; {exc}", exc.log) from exc
+            raise
+        finally:
+            if server is not None:
+                server.close()
         try:
             return int(pidfile.read_text().strip())
         except (OSError, ValueError) as exc:
@@ -403,18 +408,6 @@ class Criu:
                 else f"exited with status {proc.returncode}"
             )
             raise CriuError(f"criu {action} {how}: {log_reason(log, stderr)}", log)
-
-
-def _action_script(work: Path) -> Path:
-    """CRIU execs its action script at every stage: only one needs Python started."""
-    script = work / "action"
-    script.write_text(
-        "#!/bin/sh\n"
-        '[ "$CRTOOLS_SCRIPT_ACTION" = post-setup-namespaces ] || exit 0\n'
-        f"exec {sys.executable} -I -m ctfs.kernel.criu_action\n"
-    )
-    script.chmod(0o700)
-    return script
 
 
 def log_reason(log: Path, stderr: str = "") -> str:
