@@ -251,7 +251,7 @@ class Host:
         # Every new container gets an unprivileged id range of its own.  Reserve
         # the name and the range at once: a second mkdir meanwhile sees EEXIST, or
         # another range.
-        ids = idmap.setting(idmap.free_base(self.id_bases_taken()))
+        ids = idmap.setting(idmap.free_base(self.id_bases_taken(), ctid))
         container.settings = {idmap.KEY: ids}
         self.containers[ctid] = container
         try:

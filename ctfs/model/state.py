@@ -105,7 +105,7 @@ async def set_id_range(ct: Container, mode: str) -> None:
     if mode == idmap.PRIVATE:
         if current is not None:
             return
-        value = idmap.setting(idmap.free_base(ct.ctx.id_bases_taken()))
+        value = idmap.setting(idmap.free_base(ct.ctx.id_bases_taken(), ct.ctid))
     else:
         if current is None:
             return

@@ -4,7 +4,9 @@ A private range is ``ID_RANGE="BASE:65536"`` in ctid.conf: ids 0..65535 inside a
 host ids BASE..BASE+65535, so the container's root is an unprivileged host user.
 Ranges are 65536-aligned slots from 2^30 up, far above the ids of host users and
 of the ranges /etc/subuid usually hands out (100000 + n x 65536); no two
-containers share a slot.  ``ID_RANGE="host"`` (and no ID_RANGE at all) is a
+containers share a slot.  A container takes the slot its CTID names when it is
+free (``preferred_base``), so the same CTID has the same range on every host and
+a migration finds it free there.  ``ID_RANGE="host"`` (and no ID_RANGE at all) is a
 privileged container: its ids are the host's.  Pure: no kernel here.
 """
 
@@ -56,9 +58,22 @@ def parse_mode(text: str) -> str:
     return word
 
 
-def free_base(taken: Iterable[int]) -> int:
-    """The lowest slot no container holds."""
+SLOTS = (LAST_BASE - FIRST_BASE) // SIZE + 1
+
+
+def preferred_base(ctid: int) -> int:
+    """The slot container ``ctid`` takes when it is free: the same on every host,
+    so a container moved to another host keeps its range there (its files are
+    owned by those ids) unless a container of another CTID took it."""
+    return FIRST_BASE + (ctid % SLOTS) * SIZE
+
+
+def free_base(taken: Iterable[int], ctid: int | None = None) -> int:
+    """Container ``ctid``'s preferred slot if no container holds it, else the
+    lowest slot none holds."""
     used = set(taken)
+    if ctid is not None and preferred_base(ctid) not in used:
+        return preferred_base(ctid)
     for base in range(FIRST_BASE, LAST_BASE + 1, SIZE):
         if base not in used:
             return base

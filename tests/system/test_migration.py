@@ -245,6 +245,7 @@ def test_a_target_killed_during_the_transfer_leaves_it_running_here_and_nothing_
     mover, result = _move_in_background(source, "hostb")
     try:
         assert wait_for(lambda: (b.state / str(moving) / ".arriving").exists(), timeout=20)
+        assert (source / "state").read_text() == "migrating\n"
         b.kill()
     finally:
         mover.join(timeout=120)
@@ -487,3 +488,21 @@ def test_a_container_handed_over_unconfirmed_is_restored_only_once_the_peer_has_
     assert write_errno(source / "state", b"running") == 0, (source / "events").read_text()
     assert "hostb does not have it" in (source / "events").read_text()
     assert "HANDED_TO" not in (a.state / str(moving) / "ctid.conf").read_text()
+
+
+def test_an_id_range_taken_there_is_refused_before_anything_moves(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int
+) -> None:
+    a, b = hosts
+    source = a.mount / str(moving)
+    # The CTID one slot count further names the same range: hostb gives it away.
+    rival = b.mount / str(moving + 16384)
+    rival.mkdir()
+    try:
+        assert (rival / "idmap").read_text() == (source / "idmap").read_text()
+        assert _move(source, "hostb") == errno.EBUSY
+        assert "is taken here" in (source / "events").read_text()
+        assert (source / "state").read_text() == "running\n"
+        assert _leftovers(b, moving) == []
+    finally:
+        rival.rmdir()
