@@ -3,25 +3,32 @@
 The conversation, on one stream authenticated both ways (``PeerService.connect``);
 every step the source sends is answered ``{"ok": true}`` or ``{"error", "errno"}``:
 
-1. ``migrate`` {ctid, state, settings}: the target refuses early (CTID, id range
-   or an address taken there, no checkpoints there) before any data moves.
+1. ``migrate`` {ctid, state, settings, memory}: the target refuses early (CTID, id
+   range or an address taken there, no checkpoints there) before any data moves.
 2. ``area``: the full btrfs stream of a read-only snapshot, taken while it runs.
-3. A running container is frozen here (its dump file, ``checkpoint.freeze``);
-   then ``area`` again, only the difference since the first snapshot, and
-   ``dump``, the dump file.  A frozen one sends its dump file as it is.
-4. ``finish`` {events}: the target holds everything, not yet as a container.
-5. ``go``: the commit point.  The source has stopped routing and proxying its
-   addresses; the target makes it a container and restores a running one.
+3. A running container is frozen here and dumped: into its dump file with its
+   memory (stop-and-copy, ``checkpoint.freeze``), or without it, CRIU then serving
+   the pages (post-copy, ``postcopy.ServingDump``); then ``area`` again, only the
+   difference since the first snapshot, and ``dump``, the dump file.  A frozen
+   container sends its dump file as it is; a stopped one only its area.
+4. ``finish`` {events, page_server}: the target holds everything, not yet as a
+   container.
+5. ``go``: the commit point.  The source has marked it handed over
+   (``handover``) and stopped routing and proxying its addresses; the target
+   makes it a container, restores a running one, announces its addresses and
+   answers.  Then ``replay``: its clients' segments that came here meanwhile.
 
 Invariants:
 - Until ``go`` is sent, every failure leaves the container here as it was: a
-  frozen-for-the-move one is restored from its dump; the target drops what it
-  received (it never saw ``go``).
+  frozen-for-the-move one is restored from its dump (or, post-copy, CRIU is
+  ended and it is thawed); the target drops what it received (it never saw
+  ``go``).
 - After ``go`` the container resumes here only when the target answers that its
   restore failed and that it removed its copy (nothing of it runs there).  With
-  no answer, it stays frozen here with its dump, and ``events`` says to check
-  the target: never twice, never lost.
-- A moved container is removed here only after the target said it runs there.
+  no answer it stays frozen here, marked, and a restore here asks the target
+  first (``handover``): never twice, never lost.
+- A moved container is removed here only after the target said it runs there
+  (post-copy: and every page was served).
 """
 
 from __future__ import annotations
