@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.ctfsd_harness import CTFS, Ctfsd, ctfs_exec, started, wait_for, write_errno
-from tests.migration_lab import HOSTS, PREFIX, MigrationLab
+from tests.migration_lab import HOSTS, PREFIX, PREFIX6, MigrationLab
 from tests.system.test_checkpoint import COUNTER, EXCHANGES_AFTER
 
 PORT = 7385
@@ -506,3 +506,33 @@ def test_an_id_range_taken_there_is_refused_before_anything_moves(
         assert _leftovers(b, moving) == []
     finally:
         rival.rmdir()
+
+
+def _neighbour(mlab: MigrationLab, address: str) -> str:
+    """The link-layer address the client has for ``address`` (empty: none)."""
+    argv = [*mlab.enter("client"), "ip", "neigh", "show", address]
+    words = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.split()
+    return words[words.index("lladdr") + 1] if "lladdr" in words else ""
+
+
+def _uplink_mac(mlab: MigrationLab, host: str) -> str:
+    argv = [*mlab.enter(host), "ip", "-o", "link", "show", "up0"]
+    words = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.split()
+    return words[words.index("link/ether") + 1]
+
+
+@pytest.mark.parametrize("address", [ADDRESS, f"{PREFIX6}50"])
+def test_the_client_learns_at_once_that_its_address_is_on_the_new_host(
+    hosts: tuple[Ctfsd, Ctfsd], moving: int, mlab: MigrationLab, address: str
+) -> None:
+    a, _ = hosts
+    source = a.mount / str(moving)
+    if ":" in address:
+        assert write_errno(source / "ip", f"+{address}".encode()) == 0
+    ping = ["busybox", "ping", "-c", "1", "-W", "1", address]
+    assert wait_for(lambda: subprocess.run([*mlab.enter("client"), *ping]).returncode == 0, 10)
+    assert _neighbour(mlab, address) == _uplink_mac(mlab, "hosta")
+    assert _move(source, "hostb") == 0, (source / "events").read_text()
+    # Reachable for 30 s more by its entry, hosta's: only the gratuitous ARP or the
+    # unsolicited neighbour advertisement of hostb changes it now.
+    assert wait_for(lambda: _neighbour(mlab, address) == _uplink_mac(mlab, "hostb"), 2)
