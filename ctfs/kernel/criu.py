@@ -150,15 +150,9 @@ class Criu:
             self._run(argv, options.work / "dump.log", options.timeout, on_timeout, env={})
             return
         lazy_pages.raise_pipe_limit()
-        status, give = lazy_pages.status_pipe()
-        argv += ["--lazy-pages", *lazy_pages.endpoint(options.lazy), "--status-fd", str(give)]
-        try:
-            proc = self._start(argv, {}, (give,))
-        except BaseException:
-            os.close(status)
-            raise
-        finally:
-            os.close(give)
+        proc, status = self._start_with_status(
+            [*argv, "--lazy-pages", *lazy_pages.endpoint(options.lazy)]
+        )
         self._dumps[options.images] = proc
         try:
             waiter = lazy_pages.call_when_ready(status, on_images or (lambda: None))
@@ -259,22 +253,14 @@ class Criu:
         """The lazy-pages daemon first (it fetches from the source), then the restore."""
         assert options.lazy is not None
         work = options.work
-        status, give = lazy_pages.status_pipe()
         daemon_argv = [
             "lazy-pages", "--page-server",
             *lazy_pages.endpoint(options.lazy),
             "--images-dir", str(options.images),
             "--work-dir", str(work),
             "--log-file", "lazy-pages.log",
-            "--status-fd", str(give),
         ]  # fmt: skip
-        try:
-            daemon = self._start(daemon_argv, {}, (give,))
-        except BaseException:
-            os.close(status)
-            raise
-        finally:
-            os.close(give)
+        daemon, status = self._start_with_status(daemon_argv)
         # Running on after the restore (see await_pages): not a stray helper to end.
         with self._lock:
             self._running.add(daemon.pid)
@@ -345,6 +331,18 @@ class Criu:
             start_new_session=True,
             pass_fds=pass_fds,
         )
+
+    def _start_with_status(self, argv: list[str]) -> tuple[subprocess.Popen[str], int]:
+        """CRIU started with ``--status-fd``; the end of the pipe it says "ready" on."""
+        status, give = lazy_pages.status_pipe()
+        try:
+            proc = self._start([*argv, "--status-fd", str(give)], {}, (give,))
+        except BaseException:
+            os.close(status)
+            raise
+        finally:
+            os.close(give)
+        return proc, status
 
     def _watch(
         self,
