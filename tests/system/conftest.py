@@ -89,7 +89,7 @@ def _booted(container: Path) -> bool:
         return False
     try:
         return "syslogd" in Path(f"/proc/{pids[1]}/cmdline").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # a startup script's, ended meanwhile
         return False
 
 

@@ -41,7 +41,7 @@ def test_the_templates_startup_scripts_run(running: Path) -> None:
             try:
                 if "syslogd" in Path(f"/proc/{pid}/cmdline").read_text():
                     return True
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):  # ended meanwhile
                 pass
         return False
 
