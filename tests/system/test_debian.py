@@ -12,7 +12,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -229,6 +229,50 @@ sys.exit(psql.wait())
 """
 
 
+def insert_across(
+    client: Sequence[str], address: str, interruption: Callable[[], None], ready_s: float,
+    done_s: float,
+) -> list[str]:  # fmt: skip
+    """INSERTER's acknowledgements from the client namespace entered by ``client``,
+    with ``interruption`` (a checkpoint, a move) once it has five, and "restored"
+    where it was over."""
+    inserter = subprocess.Popen(
+        [*client, "python3", "-c", INSERTER, address, str(ROWS_AFTER)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    acks: list[str] = []
+    reader = threading.Thread(target=lambda: acks.extend(inserter.stdout or []))
+    reader.start()
+    try:
+        assert wait_for(lambda: len(acks) >= 5, timeout=ready_s), inserter.stderr
+        interruption()
+        assert inserter.stdin is not None
+        inserter.stdin.write("restored\n")
+        inserter.stdin.close()
+        assert inserter.wait(timeout=done_s) == 0, inserter.stderr and inserter.stderr.read()
+    finally:
+        if inserter.poll() is None:
+            inserter.kill()
+            inserter.wait()
+        reader.join(timeout=10)
+    return acks
+
+
+def assert_every_row_once(ct: Path, acks: list[str]) -> None:
+    """It carried on after the interruption, in one session, every row exactly once."""
+    mark = acks.index("restored\n")
+    assert mark >= 5 and len(acks) - mark - 1 == ROWS_AFTER  # it carried on after
+    acks.remove("restored\n")
+    backends = {line.split("|")[2] for line in acks}
+    assert len(backends) == 1  # one session: no reconnection
+    query = "SELECT count(*), count(DISTINCT n), max(n) FROM rows"
+    count = _sh(ct, f"su postgres -c \"psql -XAtc '{query}'\"")
+    assert count.strip() == f"{len(acks)}|{len(acks)}|{len(acks)}"
+
+
 def _serve_postgres_to_the_lab(ct: Path) -> None:
     """Listen on the container's address and trust the lab's client (test only)."""
     _sh(
@@ -269,38 +313,14 @@ def test_checkpoint_keeps_an_inserting_session_and_every_row_once(
     try:
         _start(ct)
         _serve_postgres_to_the_lab(ct)
-        client = subprocess.Popen(
-            [*lab.enter(lab.client), "python3", "-c", INSERTER, address, str(ROWS_AFTER)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        acks: list[str] = []
-        reader = threading.Thread(target=lambda: acks.extend(client.stdout or []))
-        reader.start()
-        try:
-            assert wait_for(lambda: len(acks) >= 5, timeout=20), client.stderr
+
+        def checkpoint() -> None:
             assert write_errno(ct / "state", b"frozen") == 0, (ct / "events").read_text()
             time.sleep(1)
             assert write_errno(ct / "state", b"running") == 0, (ct / "events").read_text()
-            assert client.stdin is not None
-            client.stdin.write("restored\n")
-            client.stdin.close()
-            assert client.wait(timeout=60) == 0, client.stderr and client.stderr.read()
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.wait()
-            reader.join(timeout=10)
-        mark = acks.index("restored\n")
-        assert mark >= 5 and len(acks) - mark - 1 == ROWS_AFTER  # it carried on after
-        acks.remove("restored\n")
-        backends = {line.split("|")[2] for line in acks}
-        assert len(backends) == 1  # one session: no reconnection
-        query = "SELECT count(*), count(DISTINCT n), max(n) FROM rows"
-        count = _sh(ct, f"su postgres -c \"psql -XAtc '{query}'\"")
-        assert count.strip() == f"{len(acks)}|{len(acks)}|{len(acks)}"
+
+        acks = insert_across(lab.enter(lab.client), address, checkpoint, 20, 60)
+        assert_every_row_once(ct, acks)
     finally:
         _destroy(debian_ctfsd, ct)
 

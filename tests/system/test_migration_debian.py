@@ -3,16 +3,20 @@ and loses no row (two ctfsd on one switch: tests.migration_lab)."""
 
 from __future__ import annotations
 
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.ctfsd_harness import Ctfsd, started, wait_for, write_errno
+from tests.ctfsd_harness import Ctfsd, started, write_errno
 from tests.migration_lab import HOSTS, PREFIX, MigrationLab
-from tests.system.test_debian import INSERTER, PG_TEMPLATE, ROWS_AFTER, _booted, _sh
+from tests.system.test_debian import (
+    PG_TEMPLATE,
+    _booted,
+    _sh,
+    assert_every_row_once,
+    insert_across,
+)
 
 PORT = 7385
 ADDRESS = f"{PREFIX}.60"
@@ -58,37 +62,13 @@ def test_postgresql_moves_with_an_inserting_session_and_every_row_once(
             f"echo 'host all all {PREFIX}.0/24 trust' >> /etc/postgresql/15/main/pg_hba.conf && "
             "systemctl restart postgresql@15-main",
         )
-        client = subprocess.Popen(
-            [*lab.enter("client"), "python3", "-c", INSERTER, ADDRESS, str(ROWS_AFTER)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        acks: list[str] = []
-        reader = threading.Thread(target=lambda: acks.extend(client.stdout or []))
-        reader.start()
-        try:
-            assert wait_for(lambda: len(acks) >= 5, timeout=30), client.stderr
+
+        def move() -> None:
             assert write_errno(ct / "state", b"hostb") == 0, (ct / "events").read_text()
-            assert client.stdin is not None
-            client.stdin.write("restored\n")
-            client.stdin.close()
-            assert client.wait(timeout=120) == 0, client.stderr and client.stderr.read()
-        finally:
-            if client.poll() is None:
-                client.kill()
-                client.wait()
-            reader.join(timeout=10)
-        moved = b.mount / str(CTID)
+
+        acks = insert_across(lab.enter("client"), ADDRESS, move, 30, 120)
         assert not ct.exists()
-        mark = acks.index("restored\n")
-        assert mark >= 5 and len(acks) - mark - 1 == ROWS_AFTER  # it carried on there
-        acks.remove("restored\n")
-        assert len({line.split("|")[2] for line in acks}) == 1  # one session throughout
-        query = "SELECT count(*), count(DISTINCT n), max(n) FROM rows"
-        count = _sh(moved, f"su postgres -c \"psql -XAtc '{query}'\"")
-        assert count.strip() == f"{len(acks)}|{len(acks)}|{len(acks)}"
+        assert_every_row_once(b.mount / str(CTID), acks)  # it carried on there
     finally:
         for daemon in (a, b):
             path: Path = daemon.mount / str(CTID)
