@@ -22,7 +22,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyfuse3
 import trio
 
 from ctfs import __version__, endings, keeper_link
@@ -231,15 +230,6 @@ def _prepare_storage(args: argparse.Namespace) -> Cgroups:
         raise StartupError(EXIT_STORAGE, f"cgroups unusable: {exc}") from exc
 
 
-def _fuse_options(debug: bool) -> set[str]:
-    # The mount options among these are the keeper's (ctfs.keeper); libfuse keeps the rest.
-    options = set(pyfuse3.default_options)
-    options |= {"fsname=ctfs", "subtype=ctfs", "allow_other", "default_permissions"}
-    if debug:
-        options.add("debug")
-    return options
-
-
 async def serve(
     args: argparse.Namespace, cgroups: Cgroups, held: keeper_link.Held, ready: int | None
 ) -> str:
@@ -255,14 +245,12 @@ async def serve(
     host.post_copy = args.migrate_memory == "post-copy"
     operations = CtfsOperations(host)
     try:
-        first = await take_over(
-            operations, held.fuse_fd, held.init_request, _fuse_options(args.debug)
-        )
+        session, first = take_over(operations, held.fuse_fd, held.init_request, args.debug)
     except (TakeoverError, OSError) as exc:
         if held.fresh:
             held.stop()
         raise StartupError(EXIT_NO_FUSE, f"cannot serve {args.mountpoint}: {exc}") from exc
-    ending = endings.Ending()
+    ending = endings.Ending(session.terminate)
     try:
         async with trio.open_nursery() as nursery:
             host.start(nursery)
@@ -288,11 +276,11 @@ async def serve(
                 service = PeerService(host.peers, args.state_dir)
                 host.serve_peers(service)
                 nursery.start_soon(service.run)
-            # main() returns once an upgrade's requests are answered, or the mount went.
-            await pyfuse3.main(min_tasks=4, max_tasks=256)
+            # serve() returns once an upgrade's requests are answered, or the mount went.
+            await session.serve()
             nursery.cancel_scope.cancel()
     finally:
-        pyfuse3.close(unmount=False)  # libfuse mounted nothing; the keeper unmounts
+        session.close()  # the keeper unmounts, or keeps the mount for the next ctfsd
         running = host.running_count()
         host.close()
     if ending.how == endings.STOP and running:

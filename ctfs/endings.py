@@ -13,8 +13,8 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
-import pyfuse3
 import trio
 
 log = logging.getLogger("ctfsd")
@@ -32,9 +32,14 @@ _early: list[int] = []
 
 
 class Ending:
-    """How serving ended: STOP, UPGRADE, or GONE (the mount was removed)."""
+    """How serving ended: STOP, UPGRADE, or GONE (the mount was removed).
 
-    how = GONE
+    ``terminate`` stops the FUSE session reading requests (an upgrade's first step).
+    """
+
+    def __init__(self, terminate: Callable[[], None]) -> None:
+        self.how = GONE
+        self.terminate = terminate
 
 
 def catch_early_signals() -> None:
@@ -68,9 +73,9 @@ def _act_on(signum: int, scope: trio.CancelScope, ending: Ending) -> bool:
     if ending.how != UPGRADE:
         log.info("received SIGHUP: upgrading in place once the requests under way end")
         ending.how = UPGRADE
-        # pyfuse3.main() reads no more requests and returns once those it has
+        # The session reads no more requests and returns once those it has
         # are answered; the new ctfsd reads the rest from the kernel's queue.
-        pyfuse3.terminate()
+        ending.terminate()
         scope.deadline = trio.current_time() + UPGRADE_DRAIN_S
     return False
 

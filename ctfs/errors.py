@@ -2,7 +2,7 @@
 
 Every refusal carries an errno (what the caller's syscall returns) and a human
 sentence (what goes to the container's ``events`` and the daemon log).  The FUSE
-layer turns it into ``pyfuse3.FUSEError`` at a single boundary (``ctfs.fs``).
+layer turns it into ``FUSEError`` at a single boundary (``ctfs.fs``).
 """
 
 from __future__ import annotations

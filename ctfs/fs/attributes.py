@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import stat
 
-import pyfuse3
-
 from ctfs.files import ControlFile, DataFile, Directory, HostFile
+from ctfs.fs import wire
 from ctfs.fs.places import Place
 from ctfs.policy import idmap
 
@@ -16,7 +15,7 @@ CACHE_S = 1.0
 PAGE = 4096
 
 
-def attributes(ino: int, place: Place, now_ns: int, size: int = 0) -> pyfuse3.EntryAttributes:
+def attributes(ino: int, place: Place, now_ns: int, size: int = 0) -> wire.EntryAttributes:
     """What stat() shows of the node at ``place``, inode ``ino``.
 
     A text file's ``size`` is the length of its text when it was last opened (0
@@ -25,7 +24,7 @@ def attributes(ino: int, place: Place, now_ns: int, size: int = 0) -> pyfuse3.En
     restore a process whose open file changed size since the dump.
     """
     node = place.node
-    attr = pyfuse3.EntryAttributes()
+    attr = wire.EntryAttributes()
     attr.st_ino = ino
     attr.generation = 0
     attr.entry_timeout = CACHE_S

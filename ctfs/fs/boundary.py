@@ -14,9 +14,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import pyfuse3
-
 from ctfs.errors import CtfsError
+from ctfs.fs import wire
 from ctfs.fs.places import Place
 
 log = logging.getLogger("ctfs.fs")
@@ -29,7 +28,7 @@ def boundary(op: F) -> F:
     async def wrapper(self: Any, *args: Any) -> Any:
         try:
             return await op(self, *args)
-        except pyfuse3.FUSEError:
+        except wire.FUSEError:
             raise
         except CtfsError as exc:
             if not exc.recorded:
@@ -39,10 +38,10 @@ def boundary(op: F) -> F:
                     exc.sentence,
                     errno.errorcode.get(exc.errno_value, exc.errno_value),
                 )
-            raise pyfuse3.FUSEError(exc.errno_value) from None
+            raise wire.FUSEError(exc.errno_value) from None
         except Exception:
             log.exception("%s%r failed", op.__name__, args[:2])
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            raise wire.FUSEError(errno.EIO) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -23,6 +23,8 @@ class OpenFile:
     place: Place
     caller: Caller
     inode: int
+    # Opened for writing (else a reader: its close sends no FLUSH).
+    writes: bool = False
     data: bytes = b""
     command: commands.Command = field(default_factory=commands.Command)
     # Holds the one-writer claim on an exclusive file (see ``Writers.claim``).

@@ -20,11 +20,10 @@ import hashlib
 import itertools
 from collections.abc import Iterable, Mapping
 
-import pyfuse3
-
+from ctfs.fs import wire
 from ctfs.fs.places import Path
 
-ROOT_INODE: int = pyfuse3.ROOT_INODE
+ROOT_INODE: int = wire.ROOT_INODE
 INODE_BITS = 48
 _INODE_MASK = (1 << INODE_BITS) - 1
 # 48 bits for 45 000 paths (1000 containers): a collision has odds of 1 in 10^5;

@@ -13,14 +13,14 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
-import pyfuse3
 import trio
 
 from ctfs.errors import CtfsError, not_permitted
 from ctfs.files import ControlFile, DataFile, Directory, HostFile
-from ctfs.fs import commands
+from ctfs.fs import commands, wire
 from ctfs.fs.attributes import attributes
 from ctfs.fs.boundary import boundary as _boundary
 from ctfs.fs.boundary import refusal as _refusal
@@ -36,25 +36,29 @@ from ctfs.policy import delegation
 
 log = logging.getLogger(__name__)
 
+_NOT_MADE_VERB = {wire.LINK: "linked", wire.UNLINK: "removed"}
+_NOT_MADE_VERB |= {wire.RENAME: "renamed", wire.RENAME2: "renamed"}
+
 # How long a process's identity is kept (see CtfsOperations._caller).
 CALLER_TTL_S = 0.02
 
 
-class CtfsOperations(pyfuse3.Operations):
-    supports_dot_lookup = False
-    enable_writeback_cache = False
-    enable_acl = False
-
+class CtfsOperations:
     def __init__(self, host: Host) -> None:
-        super().__init__()
         self.host = host
         self._inodes = Inodes()
-        self._sizes = Sizes()
+        self._sizes = Sizes(self._store)
+        # Set by the session that serves this: puts data in the kernel's page cache.
+        self.notify_store: Callable[[int, int, bytes], None] | None = None
         self._callers: dict[int, tuple[float, Caller]] = {}
         self._handles: dict[int, OpenFile] = {}
         self._writers = Writers()
         self._now_ns = time.time_ns()
         host.ctx.open_inside = self._open_inside
+
+    def _store(self, ino: int, offset: int, data: bytes) -> None:
+        if self.notify_store is not None:
+            self.notify_store(ino, offset, data)
 
     # ------------------------------------------------------------ inodes
 
@@ -65,7 +69,7 @@ class CtfsOperations(pyfuse3.Operations):
         """The path of an inode, if ``caller`` may see it; FUSEError(ENOENT) otherwise."""
         path = self._inodes.path(ino, every_path(self.host))
         if path is None or (caller is not None and not visible(path, caller)):
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise wire.FUSEError(errno.ENOENT)
         return path
 
     def _place(self, ino: int, caller: Caller | None = None) -> Place:
@@ -89,7 +93,7 @@ class CtfsOperations(pyfuse3.Operations):
         self._callers[ctx.pid] = (now, caller)
         return caller
 
-    def _attrs(self, ino: int, place: Place) -> pyfuse3.EntryAttributes:
+    def _attrs(self, ino: int, place: Place) -> wire.EntryAttributes:
         attr = attributes(ino, place, self._now_ns, self._sizes.last_text(ino))
         self._sizes.told(ino, attr.st_size)
         return attr
@@ -102,7 +106,7 @@ class CtfsOperations(pyfuse3.Operations):
         text = name.decode(errors="replace")
         path = (*self._path(parent_inode, caller), text)
         if not visible(path, caller):
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise wire.FUSEError(errno.ENOENT)
         place = child(self.host, resolve(self.host, path[:-1]), text)
         return self._attrs(self._inode(path), place)
 
@@ -144,10 +148,10 @@ class CtfsOperations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: Any) -> int:
         caller = self._caller(ctx)
         if not isinstance(self._place(inode, caller).node, Directory):
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+            raise wire.FUSEError(errno.ENOTDIR)
         if inode == ROOT_INODE and not caller.is_host:
             # The top lists every container: only the host may read it.
-            raise pyfuse3.FUSEError(errno.EACCES)
+            raise wire.FUSEError(errno.EACCES)
         return inode
 
     @_boundary
@@ -157,7 +161,7 @@ class CtfsOperations(pyfuse3.Operations):
         for index in range(start_id, len(entries)):
             name, place = entries[index]
             attrs = self._attrs(self._inode((*path, name)), place)
-            if not pyfuse3.readdir_reply(token, name.encode(), attrs, index + 1):
+            if not wire.readdir_reply(token, name.encode(), attrs, index + 1):
                 break
 
     @_boundary
@@ -173,7 +177,7 @@ class CtfsOperations(pyfuse3.Operations):
         if not caller.is_host:
             raise not_permitted(f"containers cannot be created from {caller.describe()}")
         text = name.decode(errors="replace")
-        with contextlib.suppress(pyfuse3.FUSEError):
+        with contextlib.suppress(wire.FUSEError):
             if not isinstance(child(self.host, self._place(ROOT_INODE), text).node, Directory):
                 raise CtfsError(errno.EEXIST, f"{text} is a file of ctfs")
         container = await self.host.create(text)
@@ -185,10 +189,10 @@ class CtfsOperations(pyfuse3.Operations):
         caller = self._caller(ctx)
         text = name.decode(errors="replace")
         if not visible((*self._path(parent_inode, caller), text), caller):
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise wire.FUSEError(errno.ENOENT)
         place = child(self.host, self._place(parent_inode), text)
         if not isinstance(place.node, Directory):
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+            raise wire.FUSEError(errno.ENOTDIR)
         container = place.container
         if parent_inode != ROOT_INODE or container is None:
             raise not_permitted(f"{text} belongs to ctfs")
@@ -198,36 +202,9 @@ class CtfsOperations(pyfuse3.Operations):
 
     # Files are declared, never made, linked, renamed or removed by hand.
     @_boundary
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
-        raise self._not_made(parent_inode, name, "created")
-
-    @_boundary
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
-        raise self._not_made(parent_inode, name, "created")
-
-    @_boundary
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
-        raise self._not_made(parent_inode, name, "created")
-
-    @_boundary
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
-        raise self._not_made(new_parent_inode, new_name, "linked")
-
-    @_boundary
-    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        raise self._not_made(parent_inode, name, "removed")
-
-    @_boundary
-    async def rename(
-        self,
-        parent_inode_old: int,
-        name_old: bytes,
-        parent_inode_new: int,
-        name_new: bytes,
-        flags: int,
-        ctx: Any,
-    ) -> None:
-        raise self._not_made(parent_inode_old, name_old, "renamed")
+    async def not_made(self, opcode: int, parent_inode: int, name: bytes) -> None:
+        """Create, mknod, symlink, link, unlink, rename: always refused."""
+        raise self._not_made(parent_inode, name, _NOT_MADE_VERB.get(opcode, "created"))
 
     def _not_made(self, parent_inode: int, name: bytes, what: str) -> CtfsError:
         place = self._place(parent_inode)
@@ -238,7 +215,7 @@ class CtfsOperations(pyfuse3.Operations):
 
     @_boundary
     async def statfs(self, ctx: Any) -> Any:
-        data = pyfuse3.StatvfsData()
+        data = wire.StatvfsData()
         data.f_bsize = data.f_frsize = 4096
         data.f_namemax = 255
         data.f_files = len(self._inodes)
@@ -252,21 +229,21 @@ class CtfsOperations(pyfuse3.Operations):
         place = self._place(inode, caller)
         node = place.node
         if isinstance(node, Directory):
-            raise pyfuse3.FUSEError(errno.EISDIR)
+            raise wire.FUSEError(errno.EISDIR)
         wants_write = flags & os.O_ACCMODE != os.O_RDONLY
         name = node.name
         if wants_write and not caller.is_host and not self._delegated(place, caller):
             raise _refusal(
                 place, name, not_permitted(f"writing is not allowed from {caller.describe()}")
             )
-        handle = OpenFile(place, caller, inode)
+        handle = OpenFile(place, caller, inode, writes=wants_write)
         fh = self._inodes.handle(inode, self._handles)
         if isinstance(node, DataFile):
             assert place.container is not None
             await self._open_data(handle, node, place.container, wants_write)
         else:
             if wants_write and not (isinstance(node, ControlFile | HostFile) and node.writable):
-                raise pyfuse3.FUSEError(errno.EACCES)
+                raise wire.FUSEError(errno.EACCES)
             if flags & os.O_ACCMODE != os.O_WRONLY:
                 handle.data = (await self._render(place, caller)).encode()
                 await self._sizes.opened(inode, handle.data, flags)
@@ -293,10 +270,9 @@ class CtfsOperations(pyfuse3.Operations):
         read comes from the handle (a control file's size is 0, the dump file changes
         under the same name), never from the page cache."""
         self._handles[fh] = handle
-        info = pyfuse3.FileInfo(fh=fh)
-        info.direct_io = True
-        info.keep_cache = False
-        return info
+        # A reader's close needs no FLUSH (one request less per read): a flush
+        # only finishes what was written.
+        return wire.FileInfo(fh=fh, direct_io=True, noflush=not handle.writes)
 
     async def _open_data(
         self, handle: OpenFile, node: DataFile, container: Container, wants_write: bool

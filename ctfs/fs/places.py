@@ -11,9 +11,8 @@ import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pyfuse3
-
 from ctfs.files import TREE, Containers, Directory, File
+from ctfs.fs import wire
 from ctfs.model.caller import Caller
 from ctfs.model.container import Container
 from ctfs.model.host import Host
@@ -30,14 +29,14 @@ class Place:
     container: Container | None
 
 
-def _gone() -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(errno.ENOENT)
+def _gone() -> wire.FUSEError:
+    return wire.FUSEError(errno.ENOENT)
 
 
 def child(host: Host, place: Place, name: str) -> Place:
     """The place ``name`` in the directory at ``place``; FUSEError otherwise."""
     if not isinstance(place.node, Directory):
-        raise pyfuse3.FUSEError(errno.ENOTDIR)
+        raise wire.FUSEError(errno.ENOTDIR)
     for node in place.node.children:
         if isinstance(node, Containers):
             ctid = parse_ctid(name)

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 
-import pyfuse3
 import trio
 
 
@@ -28,7 +28,8 @@ class Sizes:
     """Per inode: the length of its text when last opened, and how much the
     kernel's size is known to cover."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: Callable[[int, int, bytes], None]) -> None:
+        self._store = store  # FUSE_NOTIFY_STORE: ino, offset, data
         self._texts: dict[int, int] = {}
         self._covered: dict[int, int] = {}
 
@@ -47,7 +48,7 @@ class Sizes:
         if self._covered.get(ino, 0) >= len(data):
             return
         with contextlib.suppress(OSError):
-            await trio.to_thread.run_sync(pyfuse3.notify_store, ino, len(data) - 1, data[-1:])
+            await trio.to_thread.run_sync(self._store, ino, len(data) - 1, data[-1:])
         self._covered[ino] = max(self._covered.get(ino, 0), len(data))
 
     def read(self, ino: int, off: int, size: int, given: int) -> None:
