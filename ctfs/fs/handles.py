@@ -15,7 +15,8 @@ from ctfs.model.dump_upload import Upload
 
 @dataclass
 class OpenFile:
-    """One open(): the text rendered then, served unchanged to every read.
+    """One open(): the text rendered then, served unchanged to every read until a
+    read starts from offset 0 again.
 
     For a data file: ``fd`` to read from, or ``upload`` being written.
     """
@@ -26,6 +27,8 @@ class OpenFile:
     # Opened for writing (else a reader: its close sends no FLUSH).
     writes: bool = False
     data: bytes = b""
+    # A read at offset 0 was answered: the next one renders the text anew.
+    read_from_start: bool = False
     command: commands.Command = field(default_factory=commands.Command)
     # Holds the one-writer claim on an exclusive file (see ``Writers.claim``).
     claim: tuple[int, str] | None = None

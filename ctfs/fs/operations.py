@@ -314,6 +314,12 @@ class CtfsOperations:
         handle = await self._handle(fh)
         if handle.fd is not None:
             return await trio.to_thread.run_sync(os.pread, handle.fd, size, off)
+        if off == 0:
+            if handle.read_from_start:
+                # Read from the start again (top and free keep /proc/meminfo open,
+                # seek to 0 and read at every refresh): rendered anew, as procfs does.
+                handle.data = (await self._render(handle.place, handle.caller)).encode()
+            handle.read_from_start = True
         data = handle.data[off : off + size]
         self._sizes.read(handle.inode, off, size, len(data))
         return data

@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import struct
+import time
 import types
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any
@@ -36,6 +37,11 @@ log = logging.getLogger("ctfs.fs")
 # A yield to the other tasks after this many requests answered in a row, so a
 # steady stream of fast requests cannot starve them.
 FAIR_EVERY = 16
+# Polled for after an answer (see Session._next).  bench/procviews, one reader in
+# a loop, CPU per read of /proc/cpuinfo: 133 µs waiting at once, 117 µs after
+# polling 60 µs (the requester's next request caught without a wakeup), 93 µs
+# after 100 µs; its latency 151 -> 120 -> 91 µs.
+SPIN_NS = 100_000
 _U64 = struct.Struct("<Q")
 _LINK_IN = struct.Struct("<Q")
 _RENAME2_IN = struct.Struct("<QI4x")
@@ -154,11 +160,20 @@ class Session:
             return
 
     async def _next(self) -> Request | None:
-        """The next request; None when serving ends."""
+        """The next request; None when serving ends.
+
+        Right after an answer it polls for up to SPIN_NS before it waits: the
+        asker's next request (the read after its open, the release after its
+        read) comes within tens of µs, and going back to trio's event loop to
+        wait for it costs more CPU than the polling does.
+        """
+        spin_until = time.perf_counter_ns() + SPIN_NS
         while not self._stopping:
             try:
                 size = os.readv(self.fd, [self._buffer])
             except BlockingIOError:
+                if time.perf_counter_ns() < spin_until:
+                    continue
                 scope = self._wait = trio.CancelScope()
                 with scope:
                     await trio.lowlevel.wait_readable(self.fd)

@@ -74,11 +74,15 @@ class Usage:
     load_at: float = 0.0
     # (init's PID, when it started): see ctfs.model.views.uptime.
     init_started: tuple[int, float] | None = None
+    # The views' last cgroup readings, by kind, with when (monotonic): see
+    # ctfs.model.views.READING_TTL_S.
+    readings: dict[str, tuple[float, object]] = field(default_factory=dict)
 
     def reset(self) -> None:
         self.maxheld.clear()
         self.crossed.clear()
         self.load, self.load_at = (0.0, 0.0, 0.0), 0.0
+        self.readings.clear()
 
 
 class Container:

@@ -113,3 +113,12 @@ def test_a_read_sees_one_snapshot_for_the_whole_open(running: Path) -> None:
         rest = events.read()
     assert b"snapshot-check" not in first + rest
     assert b"snapshot-check" in (running / "events").read_bytes()
+
+
+def test_a_read_from_the_start_again_sees_the_present(running: Path) -> None:
+    # As procfs: top and free keep a file open and read it again from offset 0.
+    with open(running / "hostname", "rb", buffering=0) as hostname:
+        hostname.read()
+        (running / "hostname").write_text("read-again\n")
+        hostname.seek(0)
+        assert hostname.read() == b"read-again\n"

@@ -102,6 +102,17 @@ def test_uptime_inside_counts_from_the_start(private: Path) -> None:
     assert 0 < seconds < 60 < host
 
 
+def test_a_view_kept_open_shows_the_present_when_read_again(private: Path) -> None:
+    # procps (top, free -s) keeps /proc/meminfo and /proc/uptime open and reads
+    # them again from offset 0 at every refresh.
+    with open(private / "proc" / "uptime", "rb", buffering=0) as uptime:
+        first = float(uptime.read().split()[0])
+        time.sleep(1.2)
+        uptime.seek(0)
+        second = float(uptime.read().split()[0])
+    assert second - first >= 1.0
+
+
 def test_loadavg_inside_counts_its_tasks(private: Path) -> None:
     running, total = _inside(private, "cat /proc/loadavg").split()[3].split("/")
     assert int(running) >= 1
