@@ -5,12 +5,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from ctfs import __version__
-from tests.ctfsd_harness import Ctfsd
+from tests.ctfsd_harness import Ctfsd, wait_for, write_errno
 
 
 def test_version_reads_ctfs_and_the_version(mount: Path) -> None:
@@ -122,3 +124,21 @@ def test_a_read_from_the_start_again_sees_the_present(running: Path) -> None:
         (running / "hostname").write_text("read-again\n")
         hostname.seek(0)
         assert hostname.read() == b"read-again\n"
+
+
+def test_a_request_that_waits_holds_up_no_other(running: Path, mount: Path) -> None:
+    # A stop waits for busybox init to halt (300 ms here): while that write is
+    # under way, every other request is answered at once.
+    writer = threading.Thread(target=write_errno, args=(running / "state", b"stopped"))
+    writer.start()
+    try:
+        assert wait_for(lambda: (running / "state").read_text() == "stopping\n", timeout=5)
+        began = time.monotonic()
+        for _ in range(20):
+            assert (mount / "version").read_text().startswith("ctfs ")
+            assert (running / "state").read_text() == "stopping\n"
+        assert writer.is_alive(), "the stop ended before the reads: nothing was shown"
+        assert time.monotonic() - began < 0.2
+    finally:
+        writer.join(timeout=30)
+    assert (running / "state").read_text() == "stopped\n"

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from ctfs.keeper import paths_for
-from tests.ctfsd_harness import CTFS, Ctfsd, process_gone, wait_for, write_errno
+from tests.ctfsd_harness import CTFS, Ctfsd, ctfs_exec, process_gone, wait_for, write_errno
 
 # Reads until the stop file appears; prints its count of reads, then one line per error.
 READER = r"""
@@ -173,6 +173,78 @@ def test_twenty_kills_at_random_moments_cost_the_readers_nothing(
     assert errors == []
     assert reads > 0
     assert (running / "state").read_text() == "running\n"
+
+
+@pytest.fixture
+def running_neighbour(restored: Ctfsd, mount: Path, new_ctid: int) -> Iterator[Path]:
+    """A second running container; stopped and destroyed afterwards."""
+    path = mount / str(new_ctid + 5000)
+    path.mkdir()
+    try:
+        assert write_errno(path / "state", b"running") == 0
+        yield path
+    finally:
+        if restored.proc is None or restored.proc.poll() is not None:
+            restored.start()
+        write_errno(path / "state", b"stopped")
+        with contextlib.suppress(FileNotFoundError):
+            path.rmdir()
+
+
+def _reader_inside(container: Path) -> subprocess.Popen[str]:
+    """Loops inside ``container`` over its own files and its views until
+    /tmp/stop-readers appears there; prints its reads and failures."""
+    files = f"/ctfs/{container.name}/state /ctfs/{container.name}/limits /proc/meminfo /proc/uptime"
+    loop = (
+        "r=0; f=0; while [ ! -e /tmp/stop-readers ]; do "
+        f"for p in {files}; do "
+        "if cat $p >/dev/null; then r=$((r+1)); else f=$((f+1)); fi; done; done; "
+        "echo reads=$r fails=$f"
+    )
+    command = [str(CTFS), "--mount", str(container.parent), "exec", container.name, "--"]
+    return subprocess.Popen(
+        [*command, "sh", "-c", loop], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_twenty_kills_and_an_upgrade_cost_readers_inside_and_outside_nothing(
+    restored: Ctfsd,
+    running: Path,
+    running_neighbour: Path,
+    readers: list[Readers],
+    tmp_path: Path,
+) -> None:
+    group = Readers(tmp_path / "stop", _paths(restored.mount, running), count=2)
+    readers.append(group)
+    containers = (running, running_neighbour)
+    inside = [_reader_inside(container) for container in containers]
+    outcomes = []
+    try:
+        chance = random.Random(os.getpid())
+        for kill in range(20):
+            time.sleep(chance.uniform(0.0, 0.6))
+            if kill == 11:
+                restored.upgrade()  # once, in place, while they all read
+            restored.kill()
+            if kill % 2:
+                restored.launch()  # to be killed wherever its start has got
+            else:
+                restored.start()
+        restored.kill()
+        restored.start()
+        for container, proc in zip(containers, inside, strict=True):
+            assert ctfs_exec(container, "touch", "/tmp/stop-readers").returncode == 0
+            outcomes.append((container.name, *proc.communicate(timeout=60)))
+    finally:
+        for proc in inside:
+            _end(proc)
+    reads, errors = group.finish()
+    assert errors == []
+    assert reads > 0
+    for name, out, err in outcomes:
+        counts = dict(word.split("=") for word in out.split())
+        assert counts["fails"] == "0", f"CT {name}: {err}"
+        assert int(counts["reads"]) > 0
 
 
 def test_a_reader_inside_a_container_sees_kills_as_pauses(restored: Ctfsd, running: Path) -> None:
