@@ -25,7 +25,7 @@ from pathlib import Path
 import trio
 
 from ctfs import __version__, endings, keeper_link
-from ctfs.fs import CtfsOperations
+from ctfs.fs.operations import CtfsOperations
 from ctfs.fs.takeover import TakeoverError, take_over
 from ctfs.kernel import backends, cgroup_mode, libc, storage
 from ctfs.kernel.api import Cgroups, PeerLinks

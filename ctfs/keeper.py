@@ -40,6 +40,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctfs.fs import wire
 from ctfs.kernel import libc
 
 log = logging.getLogger("ctfs-keeper")
@@ -48,11 +49,6 @@ RUN_DIR = Path("/run/ctfs")
 TAKE, STOP = b"take", b"stop"
 OK, BUSY, STOPPED = b"ok", b"busy", b"stopped"
 MESSAGE_MAX = 1 << 16
-# The kernel refuses a read of /dev/fuse smaller than a request could be (up to
-# 1 MiB of write data plus headers); the INIT request itself is 104 bytes.
-_FUSE_READ_SIZE = (1 << 20) + (1 << 12)
-_FUSE_INIT = 26
-_IN_HEADER = struct.Struct("<IIQQIIIHH")  # struct fuse_in_header
 # What libfuse's fuse_kern_mount does for ctfsd's options (fsname=ctfs,
 # subtype=ctfs, allow_other, default_permissions): MS_NOSUID|MS_NODEV and these.
 _MOUNT_DATA = "fd={fd},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other"
@@ -250,8 +246,9 @@ def mount(mountpoint: Path) -> tuple[int, bytes]:
         os.close(fuse_fd)
         raise
     # The kernel sends FUSE_INIT as the mount completes, before any other request.
-    init_request = os.read(fuse_fd, _FUSE_READ_SIZE)
-    if _IN_HEADER.unpack_from(init_request)[1] != _FUSE_INIT:
+    # The kernel refuses a read of /dev/fuse smaller than a request could be.
+    init_request = os.read(fuse_fd, wire.BUFFER_SIZE)
+    if wire.IN_HEADER.unpack_from(init_request)[1] != wire.INIT:
         libc.umount2(str(mountpoint), libc.MNT_DETACH)
         raise OSError(f"the first request on {mountpoint} was not FUSE_INIT")
     return fuse_fd, init_request

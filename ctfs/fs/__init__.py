@@ -1,5 +1,5 @@
-"""The FUSE layer: inode table, dispatch to the declared tree, the errno boundary."""
+"""The FUSE layer: ctfs's own session on /dev/fuse (``session``, ``wire``), the inode
+table and dispatch to the declared tree (``operations``), the errno boundary.
 
-from ctfs.fs.operations import CtfsOperations
-
-__all__ = ["CtfsOperations"]
+Nothing is imported here, so that the keeper can use ``wire`` without the model.
+"""

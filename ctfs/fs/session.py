@@ -48,8 +48,8 @@ _FOLLOWED = frozenset((wire.LOOKUP, wire.GETATTR, wire.OPEN, wire.READ, wire.OPE
 # polling 60 µs (the requester's next request caught without a wakeup), 93 µs
 # after 100 µs; its latency 151 -> 120 -> 91 µs.
 SPIN_NS = 100_000
-_U64 = struct.Struct("<Q")
-_LINK_IN = struct.Struct("<Q")
+_LINK_IN = struct.Struct("<Q")  # oldnodeid
+_RENAME_IN = struct.Struct("<Q")  # newdir
 _RENAME2_IN = struct.Struct("<QI4x")
 _MKNOD_IN = struct.Struct("<IIII")  # mode rdev umask padding
 _CREATE_IN = struct.Struct("<IIII")  # flags mode umask open_flags
@@ -264,7 +264,7 @@ class Session:
         elif r.opcode == wire.LINK:
             name = wire.name_of(body[_LINK_IN.size :])
         elif r.opcode == wire.RENAME:
-            name = wire.two_names(body[_U64.size :])[0]
+            name = wire.two_names(body[_RENAME_IN.size :])[0]
         elif r.opcode == wire.RENAME2:
             name = wire.two_names(body[_RENAME2_IN.size :])[0]
         else:  # SYMLINK: name, target; UNLINK: name
